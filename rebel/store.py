@@ -52,23 +52,30 @@ class ResultStore:
     def save(self, config: Any, frame: pd.DataFrame, metadata: dict[str, Any]) -> Path:
         """Write ``frame`` with ``metadata`` atomically; returns the file's path."""
         path = self.path(config)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        merged = dict(table.schema.metadata or {})
-        merged[METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
-        table = table.replace_schema_metadata(merged)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp_name)
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        write_parquet(path, frame, metadata)
         return path
 
     def load(self, config: Any) -> pd.DataFrame:
         return read_run(self.path(config))
+
+
+def write_parquet(path: str | os.PathLike, frame: pd.DataFrame, metadata: dict[str, Any]) -> None:
+    """Write ``frame`` to ``path`` with ``metadata`` (JSON) in the file, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    merged = dict(table.schema.metadata or {})
+    merged[METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
+    table = table.replace_schema_metadata(merged)
+    # A temporary file in the same folder, then a rename: readers see all of it or nothing.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def read_run(path: str | os.PathLike) -> pd.DataFrame:
