@@ -421,9 +421,17 @@ def _decompress_debian_fashion_mnist(debian_dir: Path, raw_folder: Path) -> None
         # Write under a temporary name, then rename: an interrupted run leaves no half file
         # that a later run would take for the real one.
         partial = raw_folder / f"{file}.partial"
-        with gzip.open(archive, "rb") as source, open(partial, "wb") as target:
-            while block := source.read(1 << 20):
-                target.write(block)
+        try:
+            with gzip.open(archive, "rb") as source, open(partial, "wb") as target:
+                while block := source.read(1 << 20):
+                    target.write(block)
+        except (OSError, EOFError) as error:  # BadGzipFile is an OSError; truncation, EOFError
+            partial.unlink(missing_ok=True)
+            raise DatasetChecksumError(
+                f"could not decompress {archive}: {type(error).__name__}: {error}. The archive "
+                "is damaged; reinstall it with `apt-get install --reinstall "
+                "dataset-fashion-mnist`."
+            ) from error
         os.replace(partial, raw_folder / file)
 
 
