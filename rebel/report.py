@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from rebel import analysis
 from rebel.book import chapter_output
 from rebel.store import ResultStore, read_metadata, read_run, write_parquet
 from rebel.train import RunConfig, sweep
@@ -24,7 +25,9 @@ LOG_DATASETS = {
 }
 
 
-def run_chapter(chapter: str, configs: Iterable[RunConfig], params: dict[str, Any]) -> pd.DataFrame:
+def run_chapter(
+    chapter: str, configs: Iterable[RunConfig], params: dict[str, Any]
+) -> pd.DataFrame:
     """Run (or load) a chapter's sweep and write its metrics to the chapter's parquet file.
 
     The returned frame carries ``attrs["output"]`` (the parquet path) and
@@ -136,3 +139,103 @@ def ran_on(prov: dict[str, Any], output: str | Path) -> str:
         )
     lines.append(f"- **Metrics:** `{output}`")
     return "\n".join(lines)
+
+
+# --- tables --------------------------------------------------------------------------------
+
+
+def _ci_text(row: pd.Series) -> str:
+    return analysis.format_ci(row["mean"], row["ci_low"], row["ci_high"])
+
+
+def final_table(frame: pd.DataFrame, log_final: pd.DataFrame) -> pd.DataFrame:
+    """Final train and test accuracy per rebel fraction, this book's runs beside the log's."""
+    table = pd.DataFrame(index=sorted(frame["rebel_frac"].unique()))
+    for metric, title in (("train_acc", "train accuracy"), ("test_acc", "test accuracy")):
+        summary = analysis.summarize(frame, metric, by=["rebel_frac"]).set_index("rebel_frac")
+        table[f"{title} (this book)"] = summary.apply(_ci_text, axis=1)
+        logged = log_final.set_index("rebel_frac")[metric]
+        table[f"{title} (log)"] = [
+            analysis.format_pct(logged[p]) if p in logged.index else "not run" for p in table.index
+        ]
+    table.index = [f"{p:.0%}" for p in table.index]
+    table.index.name = "rebel fraction"
+    return table
+
+
+def threshold_table(
+    frame: pd.DataFrame, thresholds: list[float], log_thresholds: pd.DataFrame
+) -> pd.DataFrame:
+    """Epochs to each test-accuracy threshold per rebel fraction, beside the log's."""
+    ours = analysis.format_threshold_table(analysis.epochs_to_threshold(frame, thresholds))
+    ours.columns = [f"{c} (this book)" for c in ours.columns]
+    logged = log_thresholds.pivot(index="rebel_frac", columns="threshold", values="epoch")
+    for threshold in sorted(logged.columns):
+        column = f"{analysis.format_threshold(threshold)} (log)"
+        ours[column] = [
+            "not run"
+            if p not in logged.index
+            else "not reached"
+            if pd.isna(logged.loc[p, threshold])
+            else f"{logged.loc[p, threshold]:g}"
+            for p in ours.index
+        ]
+    ours.index = [f"{p:.0%}" for p in ours.index]
+    ours.index.name = "rebel fraction"
+    return ours
+
+
+def mask_table(frame: pd.DataFrame, log_masks: pd.DataFrame) -> pd.DataFrame:
+    """Final test accuracy with a resampled and a fixed mask, beside the log's."""
+    summary = analysis.summarize(frame, "test_acc", by=["rebel_frac", "mask"])
+    table = summary.assign(text=summary.apply(_ci_text, axis=1)).pivot(
+        index="rebel_frac", columns="mask", values="text"
+    )
+    table = table.rename(
+        columns={"resample": "random mask (this book)", "fixed": "fixed mask (this book)"}
+    )
+    logged = log_masks.set_index("rebel_frac")
+    for column, title in (
+        ("random_test", "random mask (log)"),
+        ("fixed_test", "fixed mask (log)"),
+    ):
+        table[title] = [
+            analysis.format_pct(logged.loc[p, column]) if p in logged.index else "not run"
+            for p in table.index
+        ]
+    table.index = [f"{p:.0%}" for p in table.index]
+    table.index.name = "rebel fraction"
+    table.columns.name = None
+    return table
+
+
+# --- claims --------------------------------------------------------------------------------
+
+VERDICT_MARKS = {
+    "supported": "✅ supported",
+    "not supported": "❌ not supported",
+    "inconclusive": "❔ inconclusive",
+    "not tested": "➖ not tested here",
+}
+
+
+def claims_markdown(rows: list[dict]) -> str:
+    """A Markdown list: each claim, its verdict, and the evidence behind it."""
+    lines = [
+        f"- **{VERDICT_MARKS.get(row['verdict'], row['verdict'])}**: {row['claim']}  \n"
+        f"  *Evidence:* {row['evidence']}"
+        for row in rows
+    ]
+    return "\n".join(lines) + "\n\nThe rules behind the verdicts are on the TL;DR page."
+
+
+def ledger_summary(ledger: pd.DataFrame) -> str:
+    counts = ledger["verdict"].value_counts()
+    parts = [f"{counts.get(v, 0)} {v}" for v in VERDICT_MARKS if counts.get(v, 0)]
+    return f"Of the log's {len(ledger)} claims: " + ", ".join(parts) + "."
+
+
+def ledger_table(ledger: pd.DataFrame) -> pd.DataFrame:
+    table = ledger[["chapter", "claim", "evidence", "verdict"]].copy()
+    table["verdict"] = table["verdict"].map(lambda v: VERDICT_MARKS.get(v, v))
+    return table.set_index(["chapter", "claim"])
