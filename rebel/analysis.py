@@ -78,7 +78,7 @@ def _as_list(by: str | Iterable[str]) -> list[str]:
     return [by] if isinstance(by, str) else list(by)
 
 
-def _require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+def require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise KeyError(
@@ -97,16 +97,21 @@ def _check_fraction(p: float, name: str = "p") -> None:
         raise ValueError(f"{name} must be a fraction in [0, 1], got {p!r}")
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds, so messages read "0" not "np.int64(0)"."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _groups(frame: pd.DataFrame, by: list[str]):
     """Iterate ``(key_dict, group)`` over the settings in ``by``; ``None`` values form a group."""
     if not by:
         yield {}, frame
         return
     for key, group in frame.groupby(by, dropna=False, sort=True):
-        yield dict(zip(by, key, strict=True)), group
+        yield dict(zip(by, map(_plain, key), strict=True)), group
 
 
-def _check_one_run_per_seed(runs: pd.DataFrame, by: list[str], what: str) -> None:
+def check_one_run_per_seed(runs: pd.DataFrame, by: list[str], what: str) -> None:
     """Raise when a setting holds two runs with the same seed.
 
     That happens when a configuration column outside ``by`` varies (say ``mask`` while grouping
@@ -118,13 +123,12 @@ def _check_one_run_per_seed(runs: pd.DataFrame, by: list[str], what: str) -> Non
             continue
         raise ValueError(
             f"{what}: setting {key or '(all runs)'} has several runs with seed "
-            f"{duplicated.iloc[0]!r}; {_what_varies(group, by)}add it to `by` or filter the "
-            "frame first"
+            f"{_plain(duplicated.iloc[0])!r}; {_what_varies(group, by, 'add them to `by`')}"
         )
 
 
-def _what_varies(runs: pd.DataFrame, fixed: Iterable[str] = ()) -> str:
-    """Name the configuration columns, other than ``fixed`` and the seed, that vary in ``runs``."""
+def _what_varies(runs: pd.DataFrame, fixed: Iterable[str], remedy: str) -> str:
+    """Say which configuration columns, besides ``fixed`` and the seed, vary in ``runs``."""
     fixed = {*fixed, REPLICATE}
     varying = [
         column
@@ -134,8 +138,8 @@ def _what_varies(runs: pd.DataFrame, fixed: Iterable[str] = ()) -> str:
         and runs[column].nunique(dropna=False) > 1
     ]
     if not varying:
-        return "no configuration column differs (the same run twice?); otherwise "
-    return f"column(s) {varying} vary; "
+        return "no configuration column differs, so the same run may be in the frame twice"
+    return f"column(s) {varying} vary; {remedy} or filter the frame first"
 
 
 def select(frame: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
@@ -144,7 +148,7 @@ def select(frame: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
     ``None`` matches missing values; floats match to 1e-12 so that a fraction computed as
     ``0.1 + 0.2`` finds the runs stored with ``0.3``.
     """
-    _require_columns(frame, where, "select")
+    require_columns(frame, where, "select")
     keep = pd.Series(True, index=frame.index)
     for column, value in where.items():
         values = frame[column]
@@ -167,7 +171,7 @@ def final_epoch(frame: pd.DataFrame) -> pd.DataFrame:
     For a diverged run that is the epoch it diverged in, so ``status`` says ``diverged`` and
     the run still counts: dropping it would flatter the setting that diverged.
     """
-    _require_columns(frame, (RUN_KEY, "epoch"), "final_epoch")
+    require_columns(frame, (RUN_KEY, "epoch"), "final_epoch")
     repeated = frame.duplicated([RUN_KEY, "epoch"])
     if repeated.any():
         first = frame.loc[repeated, [RUN_KEY, "epoch"]].iloc[0].to_dict()
@@ -194,6 +198,7 @@ def mean_ci(
     """Mean and two-sided t-interval over replicates: ``(mean, low, high, n)``.
 
     ``NaN`` entries are missing measurements and are left out; ``n`` counts what remains.
+    Infinite values (the loss of a diverged run) are kept, so the mean says so.
     With one value the interval is ``(nan, nan)``: one run says nothing about the spread
     between runs. With none, everything is ``nan`` and ``n`` is 0.
     """
@@ -230,8 +235,8 @@ def summarize(
     """
     by = _as_list(by)
     runs = _per_run(frame)
-    _require_columns(runs, (*by, metric, REPLICATE), "summarize")
-    _check_one_run_per_seed(runs, by, "summarize")
+    require_columns(runs, (*by, metric, REPLICATE), "summarize")
+    check_one_run_per_seed(runs, by, "summarize")
     rows = []
     for key, group in _groups(runs, by):
         mean, low, high, n = mean_ci(group[metric], confidence)
@@ -316,7 +321,7 @@ def epochs_to_threshold_per_run(
     thresholds = [float(t) for t in thresholds]
     if not thresholds:
         raise ValueError("thresholds is empty; give at least one, e.g. [0.97, 0.98]")
-    _require_columns(frame, (RUN_KEY, "epoch", metric), "epochs_to_threshold")
+    require_columns(frame, (RUN_KEY, "epoch", metric), "epochs_to_threshold")
     last = final_epoch(frame).set_index(RUN_KEY, drop=False)
     config = [c for c in CONFIG_COLUMNS if c in frame.columns]
     rows = []
@@ -357,8 +362,8 @@ def epochs_to_threshold(
     """
     by = _as_list(by)
     per_run = epochs_to_threshold_per_run(frame, thresholds, metric)
-    _require_columns(per_run, (*by, REPLICATE), "epochs_to_threshold")
-    _check_one_run_per_seed(per_run.drop_duplicates(RUN_KEY), by, "epochs_to_threshold")
+    require_columns(per_run, (*by, REPLICATE), "epochs_to_threshold")
+    check_one_run_per_seed(per_run.drop_duplicates(RUN_KEY), by, "epochs_to_threshold")
     rows = []
     for key, group in _groups(per_run, [*by, "threshold"]):
         group = group.sort_values(REPLICATE)
@@ -415,7 +420,7 @@ def format_threshold_table(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame
     The settings (every column before ``threshold``) become the index; column titles read
     "97 %", "97.5 %".
     """
-    _require_columns(table, ("threshold", "n_seeds", "n_reached", "mean"), "format_threshold")
+    require_columns(table, ("threshold", "n_seeds", "n_reached", "mean"), "format_threshold")
     by = list(table.columns[: table.columns.get_loc("threshold")])
     cells = table.assign(
         column=table["threshold"].map(format_threshold),
@@ -456,7 +461,7 @@ def paired_difference(
     ``n_dropped`` (pairs left out because a value was ``NaN``, e.g. a threshold not reached).
     """
     runs = _per_run(frame)
-    _require_columns(runs, (metric, pair_on), "paired_difference")
+    require_columns(runs, (metric, pair_on), "paired_difference")
     arms = {}
     for name, where in (("treatment", treatment), ("baseline", baseline)):
         chosen = select(runs, where)
@@ -464,9 +469,10 @@ def paired_difference(
             raise ValueError(f"the {name} filter {dict(where)} matches no run")
         repeated = chosen[pair_on][chosen[pair_on].duplicated()]
         if not repeated.empty:
+            advice = _what_varies(chosen, where, "add them to it")
             raise ValueError(
                 f"the {name} filter {dict(where)} matches several runs with "
-                f"{pair_on}={repeated.iloc[0]!r}; {_what_varies(chosen)}add it to the filter"
+                f"{pair_on}={_plain(repeated.iloc[0])!r}; {advice}"
             )
         arms[name] = chosen.set_index(pair_on)[metric].astype(float)
     common = arms["treatment"].index.intersection(arms["baseline"].index).sort_values()
@@ -580,7 +586,7 @@ def smoothness_per_run(
     """
     if from_epoch < 1:
         raise ValueError(f"from_epoch counts from 1, got {from_epoch!r}")
-    _require_columns(frame, (RUN_KEY, "epoch", metric), "smoothness")
+    require_columns(frame, (RUN_KEY, "epoch", metric), "smoothness")
     last = final_epoch(frame).set_index(RUN_KEY)
     config = [c for c in CONFIG_COLUMNS if c in frame.columns]
     used = frame[frame["epoch"] >= from_epoch]

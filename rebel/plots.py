@@ -151,9 +151,9 @@ def _draw_mean(ax, band: pd.DataFrame, x: str, x_scale: float, y_scale: float, *
 
 
 def _check_hue_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    analysis._require_columns(frame, columns, what)
+    analysis.require_columns(frame, columns, what)
     runs = analysis.final_epoch(frame) if "epoch" in frame.columns else frame
-    analysis._check_one_run_per_seed(runs, list(columns), what)
+    analysis.check_one_run_per_seed(runs, list(columns), what)
 
 
 # ---------------------------------------------------------------------------------------------
