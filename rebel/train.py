@@ -32,6 +32,9 @@ from rebel.store import ENGINE_VERSION, ResultStore, config_key
 
 METRICS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "status"]
 ANNEAL_SHAPES = ("linear", "cosine")
+# Which parameters may rebel: every layer, only the network's final layer (the one that
+# produces the logits), or every layer but that one. The others get rebel_frac = 0.
+REBEL_LAYERS = ("all", "last", "all-but-last")
 
 # The subset of training images is drawn with this fixed seed, not the run's seed, so that
 # runs with different seeds (and rebel fractions) train on the same images.
@@ -64,6 +67,7 @@ class RunConfig:
     weight_decay: float = 1e-2
     rebel_frac: float = 0.0
     rebel_frac_end: float | None = None
+    rebel_layers: str = "all"
     anneal: str = "linear"
     mask: str = "resample"
     flip: str = "update"
@@ -98,9 +102,18 @@ class RunConfig:
             raise ValueError(f"anneal must be one of {ANNEAL_SHAPES}, got {self.anneal!r}")
         if self.rebel_frac_end is not None and not 0.0 <= self.rebel_frac_end <= 1.0:
             raise ValueError(f"rebel_frac_end must be in [0, 1], got {self.rebel_frac_end!r}")
+        if self.rebel_layers not in REBEL_LAYERS:
+            raise ValueError(
+                f"rebel_layers must be one of {REBEL_LAYERS}, got {self.rebel_layers!r}"
+            )
+        if self.rebel_layers != "all" and self.rebel_frac_end is not None:
+            raise ValueError(
+                "annealing (rebel_frac_end) applies one fraction to every layer; it cannot be "
+                f"combined with rebel_layers={self.rebel_layers!r}"
+            )
         # The optimizer owns the rules for its own arguments; building one on a dummy tensor
         # checks them now rather than after the data set has loaded.
-        _make_optimizer(self, [torch.zeros(1, requires_grad=True)])
+        _make_optimizer(self, nn.Linear(1, 1))
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -117,9 +130,21 @@ def resolve_device(requested: str | None) -> torch.device:
     return torch.device("cpu")
 
 
-def _make_optimizer(config: RunConfig, params) -> RebelAdamW:
+def _param_groups(config: RunConfig, model: nn.Module) -> list[dict]:
+    """One group for all parameters, or two when only some layers rebel."""
+    if config.rebel_layers == "all":
+        return [{"params": list(model.parameters())}]
+    layers = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    last = list(layers[-1].parameters(recurse=False))
+    last_ids = {id(t) for t in last}
+    rest = [t for t in model.parameters() if id(t) not in last_ids]
+    rebels, calm = (last, rest) if config.rebel_layers == "last" else (rest, last)
+    return [{"params": rebels}, {"params": calm, "rebel_frac": 0.0}]
+
+
+def _make_optimizer(config: RunConfig, model: nn.Module) -> RebelAdamW:
     return RebelAdamW(
-        params,
+        _param_groups(config, model),
         lr=config.lr,
         weight_decay=config.weight_decay,
         rebel_frac=config.rebel_frac,
@@ -141,6 +166,8 @@ def describe(config: RunConfig) -> str:
     parts = [config.dataset, config.model, f"p={config.rebel_frac:g}"]
     if config.rebel_frac_end is not None:
         parts[-1] += f"->{config.rebel_frac_end:g}"
+    if config.rebel_layers != "all":
+        parts.append(f"layers={config.rebel_layers}")
     if config.mask != "resample":
         parts.append(f"mask={config.mask}")
     if config.flip != "update":
@@ -280,7 +307,7 @@ def _train(config: RunConfig, *, data_dir: str, log: Callable[[str], None]) -> p
     order_generator = torch.Generator().manual_seed(config.seed)
     augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
 
-    optimizer = _make_optimizer(config, model.parameters())
+    optimizer = _make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
     scheduler = None
     if config.rebel_frac_end is not None:

@@ -189,3 +189,22 @@ def test_augmented_cifar_run_and_annealed_fraction():
     )
     frame = run(config, results_dir=None, log=None)
     assert frame["status"].tolist() == ["ok"]
+
+
+def test_rebel_layers_put_only_the_chosen_layers_in_the_rebel_group():
+    from rebel.models import build_model
+
+    model = build_model("TinyCNN")
+    final = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    final_numel = sum(t.numel() for t in final.parameters())
+    total = sum(t.numel() for t in model.parameters())
+    for layers, rebel_numel in (("last", final_numel), ("all-but-last", total - final_numel)):
+        groups = train_module._param_groups(tiny(rebel_frac=0.3, rebel_layers=layers), model)
+        assert sum(t.numel() for t in groups[0]["params"]) == rebel_numel
+        assert groups[1]["rebel_frac"] == 0.0
+        optimizer = train_module._make_optimizer(tiny(rebel_frac=0.3, rebel_layers=layers), model)
+        assert [g["rebel_frac"] for g in optimizer.param_groups] == [0.3, 0.0]
+    with pytest.raises(ValueError, match="'middle'"):
+        tiny(rebel_layers="middle")
+    with pytest.raises(ValueError, match="rebel_frac_end"):
+        tiny(rebel_layers="last", rebel_frac_end=0.0)
