@@ -438,6 +438,13 @@ def check_v4(frame: pd.DataFrame, thresholds: list[float]) -> list[dict]:
     return rows
 
 
+def check_noise(frame: pd.DataFrame) -> list[dict]:
+    from rebel.controls import check_just_noise
+
+    verdict, evidence = check_just_noise(frame, SAME_MARGIN)
+    return [_row("tldr-just-noise", "noise_controls", evidence, verdict)]
+
+
 def check(chapter: str, frame: pd.DataFrame, thresholds: list[float] | None = None) -> list[dict]:
     """The claim rows for one chapter's results."""
     if chapter == "v1_random_mask":
@@ -448,6 +455,8 @@ def check(chapter: str, frame: pd.DataFrame, thresholds: list[float] | None = No
         return check_v3(frame)
     if chapter == "v4_cifar10":
         return check_v4(frame, thresholds or [0.5, 0.6, 0.7, 0.75])
+    if chapter == "noise_controls":
+        return check_noise(frame)
     raise ValueError(f"no claims to check for chapter {chapter!r}")
 
 
@@ -463,4 +472,17 @@ def ledger(chapters: list[str], results_dir: str | Path = "results") -> pd.DataF
             "thresholds", notebook_defaults(chapter).get("thresholds")
         )
         rows.extend(check(chapter, frame, thresholds))
+    # Claims no chapter checks are listed too, so the ledger covers the whole log.
+    checked = {row["id"] for row in rows}
+    for claim in logdata.LOG_CLAIMS:
+        if claim["id"] not in checked:
+            rows.append(
+                {
+                    "id": claim["id"],
+                    "chapter": claim["chapter"],
+                    "claim": claim["claim"],
+                    "evidence": f"no check in this book yet (a check would be: {claim['test']})",
+                    "verdict": "not tested",
+                }
+            )
     return pd.DataFrame(rows)

@@ -303,36 +303,48 @@ def sensitivity(
     hue: str = "label",
     confidence: float = analysis.DEFAULT_CONFIDENCE,
     hue_labels: Mapping[Any, str] | None = None,
+    facet: str | None = None,
 ) -> Figure:
     """Final-epoch ``metric`` against ``x``, one line per ``hue`` value (rebels vs controls).
 
     Each point is the mean over seeds; a band shows the t-interval where two or more seeds
-    exist. ``hue`` is e.g. ``"label"`` or ``"perturbation"``.
+    exist. ``hue`` is e.g. ``"label"`` or ``"perturbation"``. With ``facet`` (e.g.
+    ``"dataset"``) each value of that column gets a panel of its own, titled with the value.
     """
     runs = analysis.final_epoch(frame)
-    summary = analysis.summarize(runs, metric, [hue, x], confidence)
+    by = [hue, x] if facet is None else [facet, hue, x]
+    summary = analysis.summarize(runs, metric, by, confidence)
     hue_values = sorted(summary[hue].unique(), key=_sort_key)
     colours = dict(zip(hue_values, palette(len(hue_values)), strict=True))
     x_scale, y_scale = _x_scale(x), _scale(metric)
+    panels = [None] if facet is None else sorted(summary[facet].unique(), key=_sort_key)
 
     with book_style():
-        figure, (ax,) = _new_figure(1, 1)
-        for value in hue_values:
-            band = summary[summary[hue] == value].rename(columns={"n_seeds": "n"})
-            label = _legend_entry(hue, value, hue_labels)
-            _draw_mean(
-                ax,
-                band.sort_values(x),
-                x,
-                x_scale,
-                y_scale,
-                color=colours[value],
-                marker="o",
-                label=label,
-            )
-        ax.set_xlabel(column_label(x))
-        ax.set_ylabel(f"final {metric_label(metric)}")
-        ax.legend(title=legend_title(hue), loc="best")
+        figure, axes = _new_figure(len(panels), len(panels))
+        for ax, panel in zip(axes, panels, strict=True):
+            shown = summary if panel is None else summary[summary[facet] == panel]
+            for value in hue_values:
+                band = shown[shown[hue] == value].rename(columns={"n_seeds": "n"})
+                if band.empty:
+                    continue
+                _draw_mean(
+                    ax,
+                    band.sort_values(x),
+                    x,
+                    x_scale,
+                    y_scale,
+                    color=colours[value],
+                    marker="o",
+                    label=_legend_entry(hue, value, hue_labels),
+                )
+            ax.set_xlabel(column_label(x))
+            ax.set_ylabel(f"final {metric_label(metric)}")
+            if panel is not None:
+                ax.set_title(str(panel))
+        if facet is None:
+            axes[0].legend(title=legend_title(hue), loc="best")
+        else:
+            _figure_legend(figure, axes[0], legend_title(hue))
     return figure
 
 
