@@ -66,6 +66,8 @@ _GAP_MARGIN_MIN = 16
 # Gaps larger than this are clamped before conversion to int64; a gap this large already
 # lies past the end of every tensor, so the clamp changes no position that is kept.
 _GAP_CLAMP = float(2**53)
+# The increment of the step counters (a CPU scalar, as in torch's AdamW; never written to).
+_ONE = torch.tensor(1.0)
 # State keys of fixed masks that hold int64 flat indices.
 _INDEX_KEYS = ("rebel_index", "non_rebel_index")
 # Key under which state_dict() stores the seed and the generator states.
@@ -134,27 +136,34 @@ class _Workspace:
     """
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple[str, torch.dtype, str], Tensor] = {}
-        self._ends: dict[tuple[str, tuple[int, ...]], Tensor] = {}
+        self._buffers: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
+        self._constants: dict[tuple[str, torch.dtype, torch.device], float] = {}
+        self._ends: dict[tuple[torch.device, tuple[int, ...]], Tensor] = {}
 
-    def buffer(self, name: str, size: int, dtype: torch.dtype, device: Any) -> Tensor:
-        key = (name, dtype, str(device))
+    def buffer(self, name: str, size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        key = (name, dtype, device)
         buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < size:
             # Headroom, because the number of rebels varies from step to step.
             buffer = torch.empty(size + size // 4 + 64, dtype=dtype, device=device)
             self._buffers[key] = buffer
+            self._constants.pop(key, None)
         return buffer[:size]
 
     def constant(
-        self, name: str, size: int, value: float, dtype: torch.dtype, device: Any
+        self, name: str, size: int, value: float, dtype: torch.dtype, device: torch.device
     ) -> Tensor:
-        """A buffer of ``size`` copies of ``value``."""
-        return self.buffer(name, size, dtype, device).fill_(value)
+        """``size`` copies of ``value``; refilled only when the value or the buffer changes."""
+        key = (name, dtype, device)
+        constant = self.buffer(name, size, dtype, device)
+        if self._constants.get(key) != value:
+            self._buffers[key].fill_(value)
+            self._constants[key] = value
+        return constant
 
-    def ends(self, numels: Sequence[int], device: Any) -> Tensor:
+    def ends(self, numels: Sequence[int], device: torch.device) -> Tensor:
         """The cumulative sizes of tensors laid end to end, as a tensor on ``device``."""
-        key = (str(device), tuple(numels))
+        key = (device, tuple(numels))
         ends = self._ends.get(key)
         if ends is None:
             ends = torch.tensor(list(accumulate(numels)), dtype=torch.int64, device=device)
@@ -359,6 +368,24 @@ def gaussian_multiplier(
     return multiplier.normal_(1.0 - 2.0 * rebel_frac, std, generator=generator)
 
 
+def scale_multiplier(
+    shape: Sequence[int] | torch.Size,
+    rebel_frac: float,
+    *,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    device: Any = None,
+) -> Tensor:
+    """Mean control: m = 1-2p for every element, the sign flip's mean without its noise.
+
+    With flip="update" this is AdamW at learning rate lr * (1-2p): the decoupled weight decay
+    is part of the update and scales with it. Nothing is drawn from ``generator``.
+    """
+    _check_range("rebel_frac", rebel_frac, 0.0, 1.0)
+    device = generator.device if device is None else device
+    return torch.full(tuple(shape), 1.0 - 2.0 * rebel_frac, dtype=dtype, device=device)
+
+
 class Perturbation(NamedTuple):
     """A perturbation law: a function drawing the dense multiplier, and for two-point laws
     (m = rebel_value with probability rebel_frac, else 1) the rebel value, which lets the
@@ -371,6 +398,7 @@ class Perturbation(NamedTuple):
 PERTURBATIONS: dict[str, Perturbation] = {
     "sign": Perturbation(sign_multiplier, rebel_value=-1.0),
     "gaussian": Perturbation(gaussian_multiplier),
+    "scale": Perturbation(scale_multiplier),
     "zero": Perturbation(zero_multiplier, rebel_value=0.0),
 }
 
@@ -421,8 +449,8 @@ def _adamw_foreach(
     ``before_update``, if given, may edit the denominators sqrt(v_hat) + eps in place just
     before they divide the update.
     """
-    # The steps live on the CPU; wrapping the 1 once avoids a tensor per parameter.
-    torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+    # The steps live on the CPU; one wrapped 1 for all of them avoids a tensor per parameter.
+    torch._foreach_add_(steps, _ONE, alpha=1.0)
 
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
@@ -685,6 +713,8 @@ class RebelAdamW(Optimizer):
     * ``"gaussian"``: m ~ N(1 - 2p, 4p(1 - p)) per element, the sign flip's mean and variance
       without its sign structure. It needs one normal draw per element, so it is much slower.
     * ``"zero"``: m = 0 with probability p, else 1 (update dropout; mean 1 - p).
+    * ``"scale"``: m = 1 - 2p for every element, the sign flip's mean without its noise; with
+      ``flip="update"`` this is AdamW at learning rate lr * (1 - 2p).
 
     Masks (``mask``):
 
@@ -721,7 +751,7 @@ class RebelAdamW(Optimizer):
             changed between steps, e.g. by :class:`RebelFracScheduler` (default: 0.0)
         mask (str, optional): "resample" or "fixed" (default: "resample")
         flip (str, optional): "update" or "grad" (default: "update")
-        perturbation (str, optional): "sign", "gaussian" or "zero" (default: "sign")
+        perturbation (str, optional): "sign", "gaussian", "zero" or "scale" (default: "sign")
         grad_noise (float, optional): eta, variance of the annealed gradient noise at the first
             step; 0 turns it off (default: 0.0)
         grad_noise_decay (float, optional): kappa, decay exponent of that variance (default: 0.55)

@@ -680,3 +680,21 @@ def test_cuda_parameters_use_a_cuda_generator():
     signs = assert_in(torch.cat([m.reshape(-1) for m in multipliers]).cpu(), [-1.0, 1.0])
     assert within_binomial(int((signs < 0).sum()), signs.numel(), 0.3)
     assert "cuda:0" in optimizer.state_dict()["rebel_rng"]["generator_states"]
+
+
+def test_scale_perturbation_is_adamw_at_the_scaled_learning_rate():
+    torch.manual_seed(3)
+    start = [torch.randn(7, 5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(20)]
+    p = 0.3
+    scaled = [t.clone().requires_grad_() for t in start]
+    reference = [t.clone().requires_grad_() for t in start]
+    rebel = RebelAdamW(scaled, lr=1e-2, weight_decay=0.1, rebel_frac=p, perturbation="scale")
+    adamw = torch.optim.AdamW(reference, lr=1e-2 * (1 - 2 * p), weight_decay=0.1)
+    for step_grads in grads:
+        for tensors, optimizer in ((scaled, rebel), (reference, adamw)):
+            for tensor, grad in zip(tensors, step_grads, strict=True):
+                tensor.grad = grad.clone()
+            optimizer.step()
+    for ours, theirs in zip(scaled, reference, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
