@@ -9,9 +9,9 @@ per-element multiplier ``m`` and lives in :data:`PERTURBATIONS` as one small fun
 The sign and zero perturbations are two-point laws: all but a fraction ``rebel_frac`` of the
 elements keep ``m = 1``. For them the optimizer never draws a random number per element: the
 positions of the rebels in a flattened group form a Bernoulli process, whose gaps are drawn as
-geometric variates (see :func:`rebel_positions`), and only those positions are touched after an
-ordinary foreach AdamW step. A step therefore costs AdamW plus work proportional to the number of
-rebels. ``benchmarks/bench_optimizer.py`` measures it.
+geometric variates (see :func:`rebel_positions`), and only those positions are touched around
+an ordinary foreach AdamW step. A step therefore costs AdamW plus work proportional to the
+number of rebels; ``benchmarks/bench_optimizer.py`` measures how much (RESULTS-optimizer.md).
 
 Example::
 
@@ -47,11 +47,25 @@ __all__ = [
     "gradient_noise_std",
     "rebel_frac_at",
     "rebel_positions",
+    "scale_multiplier",
     "sign_multiplier",
     "zero_multiplier",
 ]
 
 MASKS = ("resample", "fixed")
+# The hyperparameters of a param group, as checked by _check_hyperparameters.
+_HYPERPARAMETERS = (
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "rebel_frac",
+    "mask",
+    "flip",
+    "perturbation",
+    "grad_noise",
+    "grad_noise_decay",
+)
 FLIPS = ("update", "grad")
 SCHEDULE_SHAPES = ("linear", "cosine")
 
@@ -558,12 +572,12 @@ def _step_flipping_updates(
         # theta before and after the step and writing it back.
         if decay != 0.0:
             ratio = (1.0 - rebel_value * decay) / (1.0 - decay)
-            factors = workspace.constant("factors", size, ratio, dtype, device)
+            factors = workspace.constant("decay_factors", size, ratio, dtype, device)
             for i, index, start, stop in plan.sparse:
                 _multiply_at_(params[i], index, factors[start:stop])
 
         def flip_denominators(denom: list[Tensor]) -> None:
-            factors = workspace.constant("factors", size, 1.0 / rebel_value, dtype, device)
+            factors = workspace.constant("denom_factors", size, 1.0 / rebel_value, dtype, device)
             for i, index, start, stop in plan.sparse:
                 _multiply_at_(denom[i], index, factors[start:stop])
 
@@ -635,7 +649,7 @@ def _step_flipping_grads(
                 restore.append((grads[i], index, start, stop))
             else:
                 grads[i] = grads[i].clone()
-        factors = workspace.constant("factors", size, rebel_value, dtype, device)
+        factors = workspace.constant("grad_factors", size, rebel_value, dtype, device)
         for i, index, start, stop in plan.sparse:
             if rebel_value == 0.0:
                 _scatter_(grads[i], index, factors[start:stop])  # 0 * inf would be nan
@@ -685,7 +699,7 @@ class RebelAdamW(Optimizer):
         m        ~ the perturbation law with parameter p, one value per element (below)
         g~       = g + sigma_t * xi,  xi ~ N(0, I),  sigma_t^2 = eta / t^kappa
                                                       (only if eta > 0; p.grad is not changed)
-        if flip == "grad":   g~ = m * g~
+        if flip == "grad":   g~ = m * g~              (noise first, then the multiplier)
         exp_avg    = beta1 * exp_avg    + (1 - beta1) * g~
         exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g~^2
         delta      = -lr * lambda * theta
@@ -722,8 +736,9 @@ class RebelAdamW(Optimizer):
     * ``"fixed"``: m is drawn once per parameter, at that parameter's first step, with the
       group's rebel_frac at that moment, and kept for good in ``self.state[param]`` (the keys
       ``rebel_index`` or ``non_rebel_index`` hold sorted flat indices for two-point laws,
-      ``rebel_multiplier`` the dense multiplier for gaussian). If rebel_frac changes later, a
-      fixed mask stays as drawn; switching between "sign" and "zero" keeps who rebels.
+      ``rebel_multiplier`` the dense multiplier for "gaussian" and "scale"). If rebel_frac
+      changes later, a fixed mask stays as drawn; switching between "sign" and "zero" keeps who
+      rebels.
 
     Randomness: every draw comes from the optimizer's own ``torch.Generator``, one per device the
     parameters live on (CUDA parameters use a CUDA generator), never from the global RNG, so two
@@ -734,10 +749,14 @@ class RebelAdamW(Optimizer):
     states and ``load_state_dict()`` restores them, so a resumed run draws the same masks as an
     uninterrupted one.
 
-    Speed: for "sign" and "zero" the rebels' flat positions across all parameters of a group on
-    one device are drawn as a Bernoulli process, from geometric gaps (for p > 0.5 the
-    non-rebels instead). The AdamW step runs with foreach ops on every element and afterwards
-    only the rebels are rewritten, so a step costs AdamW plus O(number of rebels).
+    Speed: for the two-point laws ("sign", "zero") no random number is drawn per element. The
+    rebels' flat positions across all parameters of a group on one device are a Bernoulli
+    process, drawn from geometric gaps (for p > 0.5 the non-rebels instead), so a step costs a
+    foreach AdamW step plus O(number of rebels). For "sign" with flip="update" the flip is
+    folded into the step: before it each rebel is multiplied by (1 + lr * weight_decay) /
+    (1 - lr * weight_decay), and inside it the rebel's denominator sqrt(v_hat) + eps is negated;
+    the rebel then lands on theta_old - delta up to rounding. For "zero" the rebels are read
+    before the step and written back after it. "gaussian" and "scale" multiply every element.
 
     Args:
         params (iterable): parameters or dicts defining parameter groups. Every keyword below is
@@ -800,6 +819,7 @@ class RebelAdamW(Optimizer):
         self._generators: dict[str, torch.Generator] = {}
         self._pending_generator_states: dict[str, Tensor] = {}
         self._workspace = _Workspace()
+        self._checked_values: dict[int, tuple] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -892,6 +912,7 @@ class RebelAdamW(Optimizer):
         self.__dict__.setdefault("_generators", {})
         self.__dict__.setdefault("_pending_generator_states", {})
         self.__dict__.setdefault("_workspace", _Workspace())
+        self.__dict__.setdefault("_checked_values", {})
         # Groups saved by torch.optim.AdamW lack the rebel options: use this optimizer's.
         for group in self.param_groups:
             for name, default in self.defaults.items():
@@ -940,8 +961,11 @@ class RebelAdamW(Optimizer):
                 loss = closure()
 
         for number, group in enumerate(self.param_groups):
-            # A scheduler or the user may have edited the group since it was added.
-            _check_hyperparameters(group, where=f" in param_groups[{number}]")
+            # A scheduler or the user may have edited the group since it was last checked.
+            values = tuple(group[name] for name in _HYPERPARAMETERS)
+            if self._checked_values.get(number) != values:
+                _check_hyperparameters(group, where=f" in param_groups[{number}]")
+                self._checked_values[number] = values
             params, grads, exp_avgs, exp_avg_sqs, steps = self._init_group(group)
             if not params:
                 continue

@@ -627,8 +627,9 @@ def test_bad_arguments_raise_value_error_with_the_value(kwargs, shown):
 def test_bad_choices_list_the_valid_ones():
     with pytest.raises(ValueError, match="'resample', 'fixed'"):
         RebelAdamW(make_params((3,)), mask="always")
-    with pytest.raises(ValueError, match="'sign', 'gaussian', 'zero'"):
+    with pytest.raises(ValueError, match="'flip'") as error:
         RebelAdamW(make_params((3,)), perturbation="flip")
+    assert all(repr(name) in str(error.value) for name in PERTURBATIONS)
 
 
 def test_bad_group_values_are_caught_when_added_and_at_step():
