@@ -39,7 +39,11 @@ def with_shared_baseline(frame: pd.DataFrame, perturbations: list[str]) -> pd.Da
     """
     base = frame[(frame["rebel_frac"] == 0) & (frame["grad_noise"] == 0)]
     others = frame[(frame["rebel_frac"] > 0) & (frame["grad_noise"] == 0)]
-    copies = [base.assign(perturbation=name) for name in perturbations]
+    # Each copy is its own "run" for plotting: give it a distinct key.
+    copies = [
+        base.assign(perturbation=name, run_key=base["run_key"] + f":{name}")
+        for name in perturbations
+    ]
     return pd.concat([*copies, others], ignore_index=True)
 
 

@@ -88,10 +88,10 @@ def long_runs(frame: pd.DataFrame, long_epochs: int) -> pd.DataFrame:
     return analysis.select(frame, {**REFERENCE, "epochs": long_epochs})
 
 
-def table(frame: pd.DataFrame, question: str) -> pd.DataFrame:
+def table(frame: pd.DataFrame, question: str, rebel_fracs: list[float]) -> pd.DataFrame:
     """Final test accuracy per setting and its paired difference to the reference."""
     epochs = short_epochs(frame)
-    fracs = sorted(p for p in frame["rebel_frac"].unique() if p > 0)
+    fracs = sorted(p for p in rebel_fracs if p > 0)
     plain = _where(0.0, epochs)
     rows = []
     if question == "long":
@@ -146,10 +146,10 @@ def _direction(diff: dict) -> str:
     return "indistinguishable"
 
 
-def answers_markdown(frame: pd.DataFrame) -> str:
+def answers_markdown(frame: pd.DataFrame, rebel_fracs: list[float]) -> str:
     """One line per question and setting: better, worse or indistinguishable, per fraction."""
     epochs = short_epochs(frame)
-    fracs = sorted(p for p in frame["rebel_frac"].unique() if p > 0)
+    fracs = sorted(p for p in rebel_fracs if p > 0)
     lines = []
     for question in QUESTIONS[:-1]:
         for name, _ in variants(question, fracs[0]):
