@@ -19,6 +19,8 @@ from rebel import analysis, logdata
 # itself calls a 0.3-point gap "nearly identical", and half a point is several binomial
 # standard errors on 10,000 test images at MNIST accuracies.
 SAME_MARGIN = 0.005
+# "Similar test loss" in the log: the two runs ended 0.04 nats apart; a margin of 0.05 nats.
+LOSS_MARGIN = 0.05
 # A run has "collapsed" when its final test accuracy is below this (chance is 10 %).
 COLLAPSE_ACC = 0.5
 # "Training loss rises": the last epoch's training loss above the run's lowest by this factor.
@@ -259,6 +261,33 @@ def check_v2(frame: pd.DataFrame, thresholds: list[float]) -> list[dict]:
             five,
         )
     )
+    worse = paired(acc[top], acc[0.0])
+    rows.append(
+        _row(
+            "v2-30-worse-final",
+            chapter,
+            f"final test accuracy, p = {top:.0%} minus p = 0: {_fmt(worse)}",
+            analysis.verdict_difference(worse, "less"),
+            worse,
+        )
+    )
+    sweet = [p for p in (0.05, 0.1) if p in acc]
+    best_sweet = max(sweet, key=means.get) if sweet else None
+    if best_sweet is not None:
+        gain = paired(acc[best_sweet], acc[0.0])
+        in_range = best in sweet
+        rows.append(
+            _row(
+                "v2-best-between-5-and-10",
+                chapter,
+                f"highest mean final test accuracy at p = {best:.0%}; the better of 5 and 10 % "
+                f"(p = {best_sweet:.0%}) minus p = 0: {_fmt(gain)}",
+                analysis.verdict_difference(gain, "greater")
+                if in_range
+                else analysis.VERDICT_NOT_SUPPORTED,
+                gain,
+            )
+        )
     alike = {p: paired(acc[p], acc[0.0]) for p in (0.05, 0.1) if p in acc}
     verdicts = [analysis.verdict_equivalence(d, SAME_MARGIN) for d in alike.values()]
     verdict = (
@@ -339,6 +368,21 @@ def check_v3(frame: pd.DataFrame) -> list[dict]:
             worse_with_p,
         )
     ]
+    below = [analysis.verdict_difference(d, "less") for d in gap.values()]
+    rows.append(
+        _row(
+            "v3-randomness-essential",
+            chapter,
+            f"fixed mask worse than a resampled one (interval below zero) at "
+            f"{below.count(analysis.VERDICT_SUPPORTED)} of {len(below)} fractions",
+            analysis.VERDICT_SUPPORTED
+            if below and all(v == analysis.VERDICT_SUPPORTED for v in below)
+            else analysis.VERDICT_NOT_SUPPORTED
+            if all(v == analysis.VERDICT_NOT_SUPPORTED for v in below)
+            else analysis.VERDICT_INCONCLUSIVE,
+            gap[top],
+        )
+    )
     top_fixed = per_seed(frame, final("test_acc"), rebel_frac=top, mask="fixed")
     rows.append(
         _row(
@@ -421,18 +465,46 @@ def check_v4(frame: pd.DataFrame, thresholds: list[float]) -> list[dict]:
         )
     )
     highest = max(thresholds)
-    never = 1 - per_seed(frame, reached(highest))
+    never = frame.groupby("run_key").apply(
+        lambda run: not (run["test_acc"] >= highest).any(), include_groups=False
+    )
     rows.append(
         _row(
             "v4-none-reach-75",
             chapter,
             f"runs that never reached {highest:.0%} test accuracy: {int(never.sum())} of "
-            f"{frame['run_key'].nunique()}",
-            all_seeds_verdict(
-                frame.groupby("run_key").apply(
-                    lambda run: not (run["test_acc"] >= highest).any(), include_groups=False
-                )
-            ),
+            f"{len(never)}",
+            all_seeds_verdict(never.astype(bool)),
+        )
+    )
+    fits = paired(
+        per_seed(frame, final("train_acc"), rebel_frac=top),
+        per_seed(frame, final("train_acc"), rebel_frac=0.0),
+    )
+    rows.append(
+        _row(
+            "v4-0-trains-better",
+            chapter,
+            f"final training accuracy, p = {top:.0%} minus p = 0: {_fmt(fits)}",
+            analysis.verdict_difference(fits, "less"),
+            fits,
+        )
+    )
+    loss = paired(
+        per_seed(frame, final("test_loss"), rebel_frac=top),
+        per_seed(frame, final("test_loss"), rebel_frac=0.0),
+    )
+    rows.append(
+        _row(
+            "v4-test-loss-similar",
+            chapter,
+            f"final test loss, p = {top:.0%} minus p = 0: "
+            + _fmt(loss, scale=1.0, unit=" nats")
+            + f"; margin ±{LOSS_MARGIN} nats",
+            analysis.verdict_equivalence(loss, LOSS_MARGIN),
+            loss,
+            unit="nats",
+            scale=1.0,
         )
     )
     return rows
