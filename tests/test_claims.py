@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from rebel import claims, controls, design
-from rebel.train import RunConfig
 from rebel.store import config_key
+from rebel.train import RunConfig
 
 
 def fake_runs(settings, seeds, curve):
