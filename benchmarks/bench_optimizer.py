@@ -79,8 +79,15 @@ CONFIGS: list[tuple[str, dict | None]] = [
     ("p=0.05 zero", dict(rebel_frac=0.05, perturbation="zero")),
     ("p=0.05 mask=fixed", dict(rebel_frac=0.05, mask="fixed")),
     ("p=0.05 gaussian", dict(rebel_frac=0.05, perturbation="gaussian")),
+    ("p=0.05 scale", dict(rebel_frac=0.05, perturbation="scale")),
     ("p=0.05 grad_noise", dict(rebel_frac=0.05, grad_noise=0.01)),
 ]
+
+
+# wall: elapsed time. cpu: CPU time of the whole process, which other processes on the machine
+# disturb far less; with --threads 1 it is the work one step does (with more threads it also
+# counts OpenMP workers spinning while they wait).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def _optimizer(model_fn: Callable[[], nn.Module], kwargs: dict | None) -> torch.optim.Optimizer:
@@ -93,41 +100,64 @@ def _optimizer(model_fn: Callable[[], nn.Module], kwargs: dict | None) -> torch.
     return RebelAdamW(params, lr=1e-3, seed=0, **kwargs)
 
 
-def _time_steps(optimizer: torch.optim.Optimizer, reps: int) -> float:
-    start = time.perf_counter()
+def _time_steps(optimizer: torch.optim.Optimizer, reps: int, clock: Callable[[], float]) -> float:
+    start = clock()
     for _ in range(reps):
         optimizer.step()
-    return (time.perf_counter() - start) / reps
+    return (clock() - start) / reps
 
 
 def bench_model(name: str, model_fn: Callable[[], nn.Module], args: argparse.Namespace) -> None:
     optimizers = [(label, _optimizer(model_fn, kwargs)) for label, kwargs in CONFIGS]
     numel = sum(p.numel() for p in optimizers[0][1].param_groups[0]["params"])
     tensors = len(optimizers[0][1].param_groups[0]["params"])
+    clock = CLOCKS[args.clock]
     for _, optimizer in optimizers:
-        _time_steps(optimizer, args.warmup)
+        _time_steps(optimizer, args.warmup, clock)
 
     times: dict[str, list[float]] = {label: [] for label, _ in optimizers}
     ratios: dict[str, list[float]] = {label: [] for label, _ in optimizers}
     for _ in range(args.rounds):
-        baseline = _time_steps(optimizers[0][1], args.reps)
+        baseline = _time_steps(optimizers[0][1], args.reps, clock)
         times[optimizers[0][0]].append(baseline)
         for label, optimizer in optimizers[1:]:
-            seconds = _time_steps(optimizer, args.reps)
+            seconds = _time_steps(optimizer, args.reps, clock)
             times[label].append(seconds)
             ratios[label].append(seconds / baseline)
 
     print(f"\n{name}: {numel:,} parameters in {tensors} tensors")
     print(f"{'configuration':<24}{'median ms/step':>16}{'ratio':>8}{'ratio IQR':>18}")
+    medians = {label: statistics.median(times[label]) for label, _ in optimizers}
     for label, _ in optimizers:
-        median_ms = statistics.median(times[label]) * 1e3
         if ratios[label]:
             quartiles = statistics.quantiles(ratios[label], n=4)
             ratio = f"{statistics.median(ratios[label]):8.3f}"
             spread = f"{quartiles[0]:8.3f} - {quartiles[2]:.3f}"
         else:
             ratio, spread = f"{1:8.3f}", ""
-        print(f"{label:<24}{median_ms:16.3f}{ratio}{spread:>18}")
+        print(f"{label:<24}{medians[label] * 1e3:16.3f}{ratio}{spread:>18}")
+
+    # Where the target's extra time goes, from differences of medians: the fixed mask does the
+    # same rewriting without drawing, and rebel p=0 is the AdamW part alone.
+    baseline = medians["torch AdamW foreach"]
+    draw = medians["rebel p=0.05 (target)"] - medians["p=0.05 mask=fixed"]
+    rewrite = medians["p=0.05 mask=fixed"] - medians["rebel p=0"]
+    print(
+        f"target's extra time, in torch AdamW steps: drawing the rebels {draw / baseline:.3f}, "
+        f"rewriting them {rewrite / baseline:.3f}; our AdamW part alone "
+        f"{medians['rebel p=0'] / baseline:.3f}"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -136,17 +166,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds (default: 30)")
     parser.add_argument("--reps", type=int, default=10, help="steps per round (default: 10)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps (default: 10)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="(default: wall)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     models, source = _models()
+    print(f"command: {' '.join(sys.argv)}")
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, python {platform.python_version()}, "
+        f"threads {torch.get_num_threads()}, CPU {_cpu_model()}, {os.cpu_count()} cores, "
         f"load average before {os.getloadavg()[0]:.2f}"
     )
     print(
         f"model shapes from {source}; {args.rounds} rounds x {args.reps} steps, "
-        f"{args.warmup} warmup steps; ratio = time / torch AdamW time in the same round"
+        f"{args.warmup} warmup steps, {args.clock} clock; "
+        "ratio = time / torch AdamW time in the same round"
     )
     with torch.no_grad():
         for name in args.models:

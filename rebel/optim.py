@@ -118,6 +118,14 @@ def _check_choice(name: str, value: Any, choices: Iterable[str], *, where: str =
         raise ValueError(f"Invalid {name}{where}: {value!r}; expected one of {valid}")
 
 
+def _group_values(group: dict[str, Any]) -> tuple:
+    """The hyperparameters of a group as a tuple that later edits of the group cannot change."""
+    return tuple(
+        tuple(group[name]) if isinstance(group[name], list) else group[name]
+        for name in _HYPERPARAMETERS
+    )
+
+
 def _check_hyperparameters(group: dict[str, Any], *, where: str = "") -> None:
     """Raise ValueError naming the first bad hyperparameter of a param group (or defaults)."""
     if isinstance(group["lr"], Tensor):
@@ -962,7 +970,7 @@ class RebelAdamW(Optimizer):
 
         for number, group in enumerate(self.param_groups):
             # A scheduler or the user may have edited the group since it was last checked.
-            values = tuple(group[name] for name in _HYPERPARAMETERS)
+            values = _group_values(group)
             if self._checked_values.get(number) != values:
                 _check_hyperparameters(group, where=f" in param_groups[{number}]")
                 self._checked_values[number] = values
