@@ -14,7 +14,7 @@ import pandas as pd
 from rebel import analysis
 from rebel.train import RunConfig
 
-REFERENCE_NAME = "reference (log v1: update flip, resampled, constant, all layers)"
+REFERENCE_NAME = "reference (as in log v1)"
 REFERENCE: dict[str, Any] = {
     "flip": "update",
     "mask": "resample",
