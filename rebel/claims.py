@@ -513,7 +513,7 @@ def check_v4(frame: pd.DataFrame, thresholds: list[float]) -> list[dict]:
 def check_noise(frame: pd.DataFrame) -> list[dict]:
     from rebel.controls import check_just_noise
 
-    verdict, evidence = check_just_noise(frame, SAME_MARGIN)
+    verdict, evidence = check_just_noise(frame)
     return [_row("tldr-just-noise", "noise_controls", evidence, verdict)]
 
 

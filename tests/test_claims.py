@@ -82,11 +82,16 @@ def test_comparisons_are_paired_differences_with_holm_p_values():
 
 
 def test_just_noise_verdicts():
-    equivalent = noise_frame(rebel_bonus=0.0005, gaussian_bonus=0.0005)
-    verdict, evidence = controls.check_just_noise(equivalent, margin=0.005)
+    # Rebels and the Gaussian control both 2 pts above plain AdamW and the other controls.
+    as_noise = noise_frame(rebel_bonus=0.02, gaussian_bonus=0.02)
+    verdict, evidence = controls.check_just_noise(as_noise, margin=0.005)
     assert verdict == "supported" and "Gaussian" in evidence
-    better = noise_frame(rebel_bonus=0.03)
-    assert controls.check_just_noise(better, margin=0.005)[0] == "not supported"
+    # Rebels 3 pts above everything, controls included: the signs themselves would matter.
+    assert controls.check_just_noise(noise_frame(rebel_bonus=0.03))[0] == "not supported"
+    # Rebels 3 pts below plain AdamW and never above: there is no benefit to explain.
+    assert controls.check_just_noise(noise_frame(rebel_bonus=-0.03))[0] == "not supported"
+    # Rebels equal to everything: no help, no harm.
+    assert controls.check_just_noise(noise_frame(rebel_bonus=0.0))[0] == "inconclusive"
 
 
 def test_v3_checks_collapse_and_rising_loss():
