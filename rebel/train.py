@@ -257,23 +257,111 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
+# On the CPU the forward pass of evaluation runs on slices of this many images: the activations
+# of a whole eval batch (1000 by default) overflow the caches, and slices of about a hundred
+# images ran ~2x faster (benchmarks/RESULTS-training.md). Loss and accuracy are still reduced
+# over the whole eval batch; the logits of an image came out bit for bit the same whatever the
+# slice, for every model here on our CPU (a kernel whose result depended on the batch size
+# would change the last bits of test_loss).
+CPU_EVAL_SLICE = 128
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, channels_last: bool
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` in eval mode over ``(x, y)``."""
     model.eval()
+    slice_size = CPU_EVAL_SLICE if x.device.type == "cpu" else batch_size
     loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         yb = y[start : start + batch_size]
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        logits = model(xb)
+        parts = []
+        for part in xb.split(slice_size):
+            if channels_last:
+                part = part.contiguous(memory_format=torch.channels_last)
+            parts.append(model(part))
+        logits = parts[0] if len(parts) == 1 else torch.cat(parts)
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
         correct += (logits.argmax(dim=1) == yb).sum()
     return loss_sum.item() / len(x), correct.item() / len(x)
+
+
+def _uses_channels_last(x: torch.Tensor) -> bool:
+    # channels_last lets oneDNN (CPU) and cuDNN pick faster convolution kernels; it exists
+    # only for 4-D (image) batches.
+    return x.dim() == 4
+
+
+def _build_model(config: RunConfig, device: torch.device, *, channels_last: bool) -> nn.Module:
+    """The run's model, initialised from ``config.seed``, on ``device``."""
+    # The global seed fixes initialisation and dropout; data order and augmentation have
+    # generators of their own, and the optimizer draws its masks from its own generator too.
+    # Runs that differ only in optimizer settings are therefore paired.
+    torch.manual_seed(config.seed)
+    model = build_model(config.model).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _train_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    index: torch.Tensor,
+    *,
+    channels_last: bool,
+    augment_generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training batch ``x[index], y[index]``, augmented when a generator is given."""
+    # index_select copies whole rows; x[index] (advanced indexing) gives the same values but
+    # took twice the time on the CPU (benchmarks/RESULTS-training.md).
+    xb, yb = x.index_select(0, index), y.index_select(0, index)
+    if augment_generator is not None:
+        xb = augment_batch(xb, augment_generator)
+    if channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    return xb, yb
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: torch.Tensor,
+    *,
+    batch_size: int,
+    channels_last: bool,
+    augment_generator: torch.Generator | None = None,
+    scheduler: RebelFracScheduler | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train once over ``x[order]`` in batches of ``batch_size`` (the last may be smaller).
+
+    Returns the summed cross-entropy and the number of correct predictions as tensors on the
+    device, not yet read, so that the loop never waits on the host. This is the whole inner
+    loop of the engine; benchmarks/bench_training.py times it.
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        xb, yb = _train_batch(
+            x, y, index, channels_last=channels_last, augment_generator=augment_generator
+        )
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach().double() * len(index)
+        correct += (logits.argmax(dim=1) == yb).sum()
+    return loss_sum, correct
 
 
 def _train(config: RunConfig, *, data_dir: str, log: Callable[[str], None]) -> pd.DataFrame:
@@ -295,17 +383,13 @@ def _train(config: RunConfig, *, data_dir: str, log: Callable[[str], None]) -> p
     train_x, train_y = train_x.to(device), train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
 
-    # The global seed fixes initialisation and dropout; data order and augmentation have
-    # generators of their own, and the optimizer draws its masks from its own generator too.
-    # Runs that differ only in optimizer settings are therefore paired.
-    torch.manual_seed(config.seed)
-    model = build_model(config.model).to(device)
-    # channels_last lets oneDNN (CPU) and cuDNN pick faster convolution kernels.
-    channels_last = train_x.dim() == 4
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    channels_last = _uses_channels_last(train_x)
+    model = _build_model(config, device, channels_last=channels_last)
+    # Data order and augmentation have generators of their own (see _build_model).
     order_generator = torch.Generator().manual_seed(config.seed)
-    augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    augment_generator = None
+    if config.augment:
+        augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
 
     optimizer = _make_optimizer(config, model)
     steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
@@ -323,26 +407,18 @@ def _train(config: RunConfig, *, data_dir: str, log: Callable[[str], None]) -> p
     rows = []
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
-        model.train()
         order = torch.randperm(len(train_x), generator=order_generator).to(device)
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        for start in range(0, len(train_x), config.batch_size):
-            index = order[start : start + config.batch_size]
-            xb, yb = train_x[index], train_y[index]
-            if config.augment:
-                xb = augment_batch(xb, augment_generator)
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            loss_sum += loss.detach().double() * len(index)
-            correct += (logits.argmax(dim=1) == yb).sum()
+        loss_sum, correct = _train_epoch(
+            model,
+            optimizer,
+            train_x,
+            train_y,
+            order,
+            batch_size=config.batch_size,
+            channels_last=channels_last,
+            augment_generator=augment_generator,
+            scheduler=scheduler,
+        )
         train_loss = loss_sum.item() / len(train_x)
         train_acc = correct.item() / len(train_x)
         if math.isfinite(train_loss):
