@@ -33,7 +33,10 @@ times, keeping the cleanest). Every figure is the median of ``--repeats`` rounds
 measures each way once, so that both see similar conditions.
 
 ``--ablations`` also times the engine with one setting changed at a time (denormals flushed,
-oneDNN off, NCHW instead of channels_last, one thread, bf16 convolutions) against the default.
+oneDNN off, NCHW instead of channels_last, one thread, bf16 autocast) against the default.
+
+``--eval`` times ``rebel.train.evaluate`` on 10,000 images for several sizes of the slices
+that its CPU forward pass runs on (``rebel.train.CPU_EVAL_SLICE``).
 
 ``--profile`` prints torch.profiler's table of the operators that took the most time in the
 engine's loop, per model. Results and their discussion: benchmarks/RESULTS-training.md.
@@ -69,6 +72,7 @@ from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import rebel.train as engine_module  # noqa: E402
 from rebel.data import NORMALIZATION, load_dataset  # noqa: E402
 from rebel.models import build_model  # noqa: E402
 from rebel.train import (  # noqa: E402
@@ -87,6 +91,9 @@ MATMUL_CALLS = 5  # per round
 SYNTHETIC_CIFAR_IMAGES = 50_000  # as many as CIFAR-10's training set
 SYNTHETIC_SEED = 0
 PROFILE_ROWS = 15
+EVAL_IMAGES = 10_000  # a test set's worth
+# Forward slices for --eval; the eval batch itself (1000) is the engine before slicing.
+EVAL_SLICES = (64, 128, 256, 1000)
 
 # Waiting for a quiet machine: CPU use is sampled over this many seconds at a time.
 IDLE_SAMPLE_S = 0.5
@@ -193,6 +200,8 @@ class Workload:
     engine_x: torch.Tensor
     engine_y: torch.Tensor
     reference_set: torch.utils.data.Dataset
+    eval_x: torch.Tensor  # images for --eval
+    eval_y: torch.Tensor
 
 
 def _normalize(name: str) -> transforms.Normalize:
@@ -211,7 +220,14 @@ def fashion_mnist_workload(model: str, data_dir: str) -> Workload:
         transform=transforms.Compose([transforms.ToTensor(), _normalize("fashion-mnist")]),
     )
     return Workload(
-        model, "Fashion-MNIST (real)", False, data.train_x, data.train_y, reference_set
+        model,
+        "Fashion-MNIST (real)",
+        False,
+        data.train_x,
+        data.train_y,
+        reference_set,
+        data.test_x,
+        data.test_y,
     )
 
 
@@ -234,13 +250,16 @@ def synthetic_cifar_workload(model: str, count: int) -> Workload:
             _normalize("cifar10"),
         ]
     )
+    engine_y = torch.from_numpy(labels).to(torch.int64)
     return Workload(
         model,
         "SYNTHETIC CIFAR-10-shaped, augmented",
         True,
         engine_x,
-        torch.from_numpy(labels).to(torch.int64),
+        engine_y,
         SyntheticCifarImages(images, labels, reference_transform),
+        engine_x[-EVAL_IMAGES:],
+        engine_y[-EVAL_IMAGES:],
     )
 
 
@@ -487,16 +506,11 @@ def _onednn_off() -> Iterator[None]:
         torch.backends.mkldnn.enabled = True
 
 
-@contextlib.contextmanager
-def _bf16_convolutions() -> Iterator[None]:
+def _bf16_autocast() -> contextlib.AbstractContextManager:
     # Not a candidate for the engine (it changes the numbers); it shows what lower precision
-    # would buy on this CPU, which has AVX512-BF16.
-    before = torch.backends.mkldnn.conv.fp32_precision
-    torch.backends.mkldnn.conv.fp32_precision = "bf16"
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.conv.fp32_precision = before
+    # would buy on this CPU, which has AVX512-BF16. (Setting torch.backends.mkldnn.conv.
+    # fp32_precision = "bf16" instead left oneDNN on its fp32 avx512_core kernels here.)
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 ABLATIONS: dict[str, tuple[Callable[[], contextlib.AbstractContextManager], bool]] = {
@@ -506,7 +520,7 @@ ABLATIONS: dict[str, tuple[Callable[[], contextlib.AbstractContextManager], bool
     "set_flush_denormal(True)": (_flush_denormal, True),
     "oneDNN off": (_onednn_off, True),
     "1 thread": (lambda: _threads(1), True),
-    "bf16 convolutions (what-if)": (_bf16_convolutions, True),
+    "bf16 autocast (what-if)": (_bf16_autocast, True),
 }
 
 
@@ -532,6 +546,30 @@ def measure_ablations(workload: Workload, args) -> dict[str, list[Measured]]:
                         lambda e=engine: e.seconds(args.steps, args.warmup), args.noise
                     )
                 )
+    return times
+
+
+def measure_evaluation(workload: Workload, args) -> dict[int, list[Measured]]:
+    """Seconds of ``rebel.train.evaluate`` on EVAL_IMAGES images (eval batch of the default
+    config) for each CPU forward slice in EVAL_SLICES, interleaved over rounds."""
+    engine = Engine(workload, args.batch_size, args.optimizer)
+    x, y = workload.eval_x[:EVAL_IMAGES], workload.eval_y[:EVAL_IMAGES]
+    batch_size = RunConfig().eval_batch_size
+    chosen = engine_module.CPU_EVAL_SLICE
+    times: dict[int, list[Measured]] = {size: [] for size in EVAL_SLICES}
+
+    def evaluate() -> float:
+        start = time.perf_counter()
+        engine_module.evaluate(engine.model, x, y, batch_size, engine.channels_last)
+        return time.perf_counter() - start
+
+    try:
+        for _ in range(args.repeats):
+            for size in EVAL_SLICES:
+                engine_module.CPU_EVAL_SLICE = size
+                times[size].append(measure_cleanly(evaluate, args.noise))
+    finally:
+        engine_module.CPU_EVAL_SLICE = chosen
     return times
 
 
@@ -694,6 +732,26 @@ def report_ablations(ablations: dict[str, dict[str, list[Measured]]], args) -> N
         print(f"{name:<28}" + "".join(f"{cell:>22}" for cell in cells))
 
 
+def report_evaluation(evaluations: dict[str, dict[int, list[Measured]]], args) -> None:
+    print()
+    print(
+        f"evaluate() on {EVAL_IMAGES} images, eval_batch_size {RunConfig().eval_batch_size}: "
+        f"images/s (median over {args.repeats} rounds) by CPU forward slice, and the median "
+        f"per-round speed-up over slice {EVAL_SLICES[-1]} (no slicing)"
+    )
+    print(f"{'slice':<8}" + "".join(f"{model:>22}" for model in evaluations))
+    for size in EVAL_SLICES:
+        cells = []
+        for times in evaluations.values():
+            rate = EVAL_IMAGES / statistics.median(m.value for m in times[size])
+            speedup = statistics.median(
+                base.value / m.value
+                for m, base in zip(times[size], times[EVAL_SLICES[-1]], strict=True)
+            )
+            cells.append(f"{rate:>12.0f} ({speedup:.2f}x)")
+        print(f"{size:<8}" + "".join(f"{cell:>22}" for cell in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
@@ -742,6 +800,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also print the engine's top operators"
     )
+    parser.add_argument(
+        "--eval", action="store_true", help="also time evaluate() per CPU forward slice"
+    )
     parser.add_argument("--data-dir", default="data", help="(default: data)")
     args = parser.parse_args()
     for name in ("steps", "batch_size", "repeats"):
@@ -767,7 +828,7 @@ def main() -> None:
     )
     print(f"load average (1, 5, 15 min) before: {load_average()}", flush=True)
 
-    results, ablations, profiles = [], {}, {}
+    results, ablations, evaluations, profiles = [], {}, {}, {}
     for model in args.models:
         if model == "Cifar10CNN":
             workload = synthetic_cifar_workload(model, SYNTHETIC_CIFAR_IMAGES)
@@ -776,12 +837,16 @@ def main() -> None:
         results.append(measure_model(workload, args))
         if args.ablations:
             ablations[model] = measure_ablations(workload, args)
+        if args.eval:
+            evaluations[model] = measure_evaluation(workload, args)
         if args.profile:
             profiles[model] = profile_engine(workload, args)
     print(f"load average after: {load_average()}")
     report(results, args)
     if args.ablations:
         report_ablations(ablations, args)
+    if args.eval:
+        report_evaluation(evaluations, args)
     for model, table in profiles.items():
         print(f"\nEngine, {model}: operators by own CPU time over {args.steps} steps")
         print(table)
