@@ -65,6 +65,7 @@ _HYPERPARAMETERS = (
     "perturbation",
     "grad_noise",
     "grad_noise_decay",
+    "fused",
 )
 FLIPS = ("update", "grad")
 SCHEDULE_SHAPES = ("linear", "cosine")
@@ -144,6 +145,8 @@ def _check_hyperparameters(group: dict[str, Any], *, where: str = "") -> None:
     _check_choice("perturbation", group["perturbation"], PERTURBATIONS, where=where)
     _check_range("grad_noise", group["grad_noise"], 0.0, where=where)
     _check_range("grad_noise_decay", group["grad_noise_decay"], 0.0, where=where)
+    if group["fused"] not in (None, True, False):
+        raise ValueError(f"Invalid fused{where}: {group['fused']!r}; expected True, False or None")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,9 +497,47 @@ def _adamw_foreach(
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)
 
 
+def _adamw_fused(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """One step of torch.optim.AdamW(fused=True) for CPU tensors of one dtype.
+
+    torch's fused kernel: every element is read and written once, about three times faster
+    than the foreach sequence on the CPU, and bit for bit what AdamW(fused=True) computes.
+    """
+    torch._foreach_add_(steps, _ONE, alpha=1.0)
+    torch._fused_adamw_(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        steps,
+        amsgrad=False,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=False,
+    )
+
+
 def _gather(tensor: Tensor, index: Tensor, out: Tensor | None = None) -> Tensor:
     """tensor.flatten()[index], without copying the tensor."""
     # index_select on a flat view is the fastest gather; take() also handles other layouts.
+    if tensor.dim() == 1:
+        return torch.index_select(tensor, 0, index, out=out)
     if tensor.is_contiguous():
         return torch.index_select(tensor.view(-1), 0, index, out=out)
     return torch.take(tensor, index, out=out)
@@ -504,8 +545,10 @@ def _gather(tensor: Tensor, index: Tensor, out: Tensor | None = None) -> Tensor:
 
 def _scatter_(tensor: Tensor, index: Tensor, values: Tensor) -> None:
     """tensor.flatten()[index] = values, in place."""
-    if tensor.is_contiguous():
-        tensor.view(-1).index_copy_(0, index, values)
+    if tensor.dim() == 1:
+        tensor.scatter_(0, index, values)  # faster than index_copy_ on the CPU
+    elif tensor.is_contiguous():
+        tensor.view(-1).scatter_(0, index, values)  # faster than index_copy_ on the CPU
     else:
         tensor.put_(index, values)
 
@@ -553,11 +596,13 @@ def _step_flipping_updates(
     workspace: _Workspace,
     *,
     decay: float,
+    fold: bool,
 ) -> None:
     """theta <- theta_old + m * (theta_adamw - theta_old), where theta_adamw is AdamW's step.
 
     ``adamw_step(before_update=None)`` runs that step on all elements; ``decay`` is
-    lr * weight_decay.
+    lr * weight_decay. ``fold`` says whether ``adamw_step`` accepts a ``before_update`` hook
+    (the foreach core does, torch's fused kernel does not).
     """
     if isinstance(plan, _DensePlan):
         before = [param.clone() for param in params]
@@ -572,7 +617,7 @@ def _step_flipping_updates(
     size = plan.sparse_size
     dense_before = [params[i].clone() for i, _ in plan.dense]
 
-    if plan.sparse and rebel_value != 0.0 and decay != 1.0:
+    if plan.sparse and fold and rebel_value != 0.0 and decay != 1.0:
         # Fold the multiplier r into the step itself. AdamW gives theta_old * (1 - decay) + u
         # with u = step_size * exp_avg / denom; a rebel needs theta_old * (1 - r * decay) + r * u.
         # So scale the rebels by (1 - r * decay) / (1 - decay) before the step and divide their
@@ -591,18 +636,27 @@ def _step_flipping_updates(
 
         adamw_step(before_update=flip_denominators)
     elif plan.sparse:
-        # m = 0 (or lr * weight_decay = 1): keep theta_old for the rebels; general m: lerp.
+        # Read the rebels before and after the step: m = 0 keeps theta_old, other m lerp.
+        # The loops below run once per tensor with rebels on every step: one op per tensor.
+        cuts = [stop for _, _, _, stop in plan.sparse[:-1]]
+        indices = [index for _, index, _, _ in plan.sparse]
+        # Flat views of contiguous tensors; take() and put_() handle the others.
+        flats = [
+            params[i].view(-1) if params[i].is_contiguous() else params[i]
+            for i, _, _, _ in plan.sparse
+        ]
         before = workspace.buffer("before", size, dtype, device)
-        for i, index, start, stop in plan.sparse:
-            _gather(params[i], index, out=before[start:stop])
+        befores = before.tensor_split(cuts)
+        for flat, index, out in zip(flats, indices, befores, strict=True):
+            _gather(flat, index, out=out)
         adamw_step()
         if rebel_value != 0.0:
             after = workspace.buffer("after", size, dtype, device)
-            for i, index, start, stop in plan.sparse:
-                _gather(params[i], index, out=after[start:stop])
+            for flat, index, out in zip(flats, indices, after.tensor_split(cuts), strict=True):
+                _gather(flat, index, out=out)
             before.lerp_(after, rebel_value)
-        for i, index, start, stop in plan.sparse:
-            _scatter_(params[i], index, before[start:stop])
+        for flat, index, values in zip(flats, indices, befores, strict=True):
+            _scatter_(flat, index, values)
     else:
         adamw_step()
 
@@ -689,6 +743,33 @@ def _step_flipping_grads(
     finally:
         for grad, index, start, stop in restore:
             _scatter_(grad, index, true_values[start:stop])
+
+
+def _use_fused(fused: bool | None, device: torch.device) -> bool:
+    """Whether a bucket on ``device`` may step with torch's fused kernel (None: on the CPU)."""
+    if fused is None:
+        return device.type == "cpu"
+    if fused and device.type != "cpu":
+        raise ValueError(
+            f"Invalid fused: True, but parameters are on {device}; RebelAdamW's fused core is "
+            "for CPU tensors. Pass fused=None (the default) or fused=False"
+        )
+    return fused
+
+
+def _layouts_match(params: list[Tensor], *tensor_lists: list[Tensor]) -> bool:
+    """Whether every parameter shares its strides with its gradient and moments.
+
+    torch's fused CPU kernel walks the four tensors as if they had one memory layout; when their
+    strides differ (a transposed parameter with a contiguous gradient, say) its result is
+    silently wrong (torch 2.14). Buckets where they differ take the foreach sequence, which is
+    correct for any layout.
+    """
+    return all(
+        all(tensor.stride() == param.stride() for tensor in tensors)
+        for param, *tensors in zip(params, *tensor_lists, strict=True)
+        if not (param.is_contiguous() and all(tensor.is_contiguous() for tensor in tensors))
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -811,6 +892,7 @@ class RebelAdamW(Optimizer):
         grad_noise: float = 0.0,
         grad_noise_decay: float = 0.55,
         seed: int | None = None,
+        fused: bool | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -823,6 +905,7 @@ class RebelAdamW(Optimizer):
             perturbation=perturbation,
             grad_noise=grad_noise,
             grad_noise_decay=grad_noise_decay,
+            fused=fused,
         )
         _check_hyperparameters(defaults)
         if seed is not None and not (isinstance(seed, numbers.Integral) and _is_real(seed)):
@@ -840,7 +923,12 @@ class RebelAdamW(Optimizer):
             merged = {**self.defaults, **param_group}
             _check_hyperparameters(merged, where=f" in param group {len(self.param_groups)}")
             params = param_group.get("params", [])
-            for param in [params] if isinstance(params, Tensor) else params:
+            if not isinstance(params, set):  # torch rejects sets (no order) itself
+                params = [params] if isinstance(params, Tensor) else list(params)
+                param_group = {**param_group, "params": params}
+            for param in params:
+                if isinstance(param, Tensor) and merged["fused"]:
+                    _use_fused(True, param.device)
                 if isinstance(param, Tensor) and param.is_complex():
                     raise ValueError(
                         "Invalid parameter: RebelAdamW does not support complex parameters "
@@ -1001,24 +1089,31 @@ class RebelAdamW(Optimizer):
     ) -> None:
         """Step the parameters of one group that share a device and a dtype."""
         beta1, beta2 = group["betas"]
+        fused = _use_fused(group["fused"], params[0].device)
+        hyper = dict(
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+        )
 
         def adamw_step(
             step_grads: list[Tensor],
             before_update: Callable[[list[Tensor]], None] | None = None,
         ) -> None:
-            _adamw_foreach(
-                params,
-                step_grads,
-                exp_avgs,
-                exp_avg_sqs,
-                steps,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                before_update=before_update,
-            )
+            if fused and _layouts_match(params, step_grads, exp_avgs, exp_avg_sqs):
+                _adamw_fused(params, step_grads, exp_avgs, exp_avg_sqs, steps, **hyper)
+            else:
+                _adamw_foreach(
+                    params,
+                    step_grads,
+                    exp_avgs,
+                    exp_avg_sqs,
+                    steps,
+                    before_update=before_update,
+                    **hyper,
+                )
 
         grads_are_copies = group["grad_noise"] > 0
         if grads_are_copies:
@@ -1034,6 +1129,7 @@ class RebelAdamW(Optimizer):
                 functools.partial(adamw_step, grads),
                 self._workspace,
                 decay=group["lr"] * group["weight_decay"],
+                fold=not (fused and _layouts_match(params, grads, exp_avgs, exp_avg_sqs)),
             )
         else:
             _step_flipping_grads(

@@ -154,6 +154,9 @@ def _make_optimizer(config: RunConfig, model: nn.Module) -> RebelAdamW:
         grad_noise=config.grad_noise,
         grad_noise_decay=config.grad_noise_decay,
         seed=config.seed,
+        # The foreach core, bit for bit torch's AdamW(foreach=True): the stored results were
+        # made with it, and the optimizer is a small part of a training step.
+        fused=False,
     )
 
 

@@ -28,6 +28,16 @@ EPS = 1e-8
 WD = 0.05
 
 
+@pytest.fixture(autouse=True, params=["fused", "foreach"])
+def core(request, monkeypatch):
+    """Every test runs with each AdamW core as the default (fused=None picks the fused one on
+    the CPU); tests that pass ``fused`` themselves are unaffected."""
+    defaults = dict(RebelAdamW.__init__.__kwdefaults__)
+    defaults["fused"] = None if request.param == "fused" else False
+    monkeypatch.setattr(RebelAdamW.__init__, "__kwdefaults__", defaults)
+    return request.param
+
+
 def make_params(*shapes, seed=0, dtype=torch.float64):
     generator = torch.Generator().manual_seed(seed)
     return [
@@ -94,13 +104,25 @@ def _groups(params):
     ]
 
 
-@pytest.mark.parametrize("foreach", [True, False])
-def test_rebel_frac_zero_matches_torch_adamw(foreach):
+# (RebelAdamW's fused option, torch AdamW's implementation, bit for bit?)
+IMPLEMENTATIONS = [
+    (False, dict(foreach=True), True),
+    (True, dict(fused=True), True),
+    (None, dict(fused=True), True),  # the default on the CPU is torch's fused kernel
+    (False, dict(foreach=False), False),
+    (True, dict(foreach=False), False),
+]
+
+
+@pytest.mark.parametrize(("fused", "torch_impl", "bitwise"), IMPLEMENTATIONS)
+def test_rebel_frac_zero_matches_torch_adamw(fused, torch_impl, bitwise):
     shapes = [(5, 4), (7,), (3, 2, 3, 3), (), (11, 2), (6,)]
     params = make_params(*shapes)
     reference = [p.detach().clone().requires_grad_() for p in params]
-    rebel = RebelAdamW(_groups(params), lr=LR, weight_decay=WD, rebel_frac=0.0, seed=1)
-    adamw = torch.optim.AdamW(_groups(reference), lr=LR, weight_decay=WD, foreach=foreach)
+    rebel = RebelAdamW(
+        _groups(params), lr=LR, weight_decay=WD, rebel_frac=0.0, seed=1, fused=fused
+    )
+    adamw = torch.optim.AdamW(_groups(reference), lr=LR, weight_decay=WD, **torch_impl)
     for step in range(50):
         grads = make_grads(params, seed=100 + step)
         for ps in (params, reference):
@@ -110,7 +132,7 @@ def test_rebel_frac_zero_matches_torch_adamw(foreach):
         rebel.step()
         adamw.step()
     for p, q in zip(params, reference, strict=True):
-        assert_close = torch.equal if foreach else _close_1e12
+        assert_close = torch.equal if bitwise else _close_1e12
         assert assert_close(p.detach(), q.detach())
         if q in adamw.state:
             for key in ("exp_avg", "exp_avg_sq", "step"):
@@ -125,11 +147,14 @@ def _close_1e12(a, b):
     return torch.allclose(a, b, rtol=0, atol=1e-12 * max(1.0, b.abs().max().item()))
 
 
-def test_rebel_frac_zero_matches_torch_adamw_float32_and_mixed_dtypes():
+@pytest.mark.parametrize(
+    ("fused", "torch_impl"), [(False, {"foreach": True}), (None, {"fused": True})]
+)
+def test_rebel_frac_zero_matches_torch_adamw_float32_and_mixed_dtypes(fused, torch_impl):
     params = make_params((40, 30), (30,), dtype=torch.float32) + make_params((9,), seed=3)
     reference = [p.detach().clone().requires_grad_() for p in params]
-    rebel = RebelAdamW(params, lr=1e-3, seed=0)
-    adamw = torch.optim.AdamW(reference, lr=1e-3, foreach=True)
+    rebel = RebelAdamW(params, lr=1e-3, seed=0, fused=fused)
+    adamw = torch.optim.AdamW(reference, lr=1e-3, **torch_impl)
     for step in range(5):
         grads = make_grads(params, seed=step)
         for ps in (params, reference):
@@ -527,7 +552,34 @@ def test_parameters_of_any_shape_and_layout(flip):
         assert p.shape == optimizer.state[p]["exp_avg"].shape
 
 
-def test_per_group_rebel_frac():
+def test_mismatched_layouts_step_correctly_with_either_core():
+    # torch's fused CPU kernel is silently wrong when a parameter and its gradient have
+    # different strides (torch 2.14); RebelAdamW must notice and take the foreach sequence.
+    transposed = make_params((40, 30))[0].detach().t().requires_grad_()
+    reference = transposed.detach().clone().requires_grad_()
+    grad = make_grads([reference], seed=2)[0].contiguous()
+    assert transposed.stride() != grad.stride()
+    rebel = RebelAdamW([transposed], lr=LR, weight_decay=WD, fused=True)
+    adamw = torch.optim.AdamW([reference], lr=LR, weight_decay=WD, foreach=False)
+    for _ in range(3):
+        transposed.grad, reference.grad = grad.clone(), grad.clone()
+        rebel.step()
+        adamw.step()
+    assert _close_1e12(transposed.detach(), reference.detach())
+
+
+def test_fused_true_refuses_non_cpu_parameters():
+    param = torch.zeros(3, device="meta", requires_grad=True)
+    with pytest.raises(ValueError, match="Invalid fused: True, but parameters are on meta"):
+        RebelAdamW([param], fused=True)
+    with pytest.raises(ValueError, match="Invalid fused: True, but parameters are on cuda:0"):
+        optim._use_fused(True, torch.device("cuda:0"))  # parameters moved after construction
+    assert not optim._use_fused(None, torch.device("cuda:0"))
+    with pytest.raises(ValueError, match="Invalid fused: 'yes'"):
+        RebelAdamW([torch.zeros(3, requires_grad=True)], fused="yes")
+
+
+def test_per_group_rebel_frac(core):
     obedient, rebellious = make_params((100, 40)), make_params((100, 40), seed=1)
     reference = [p.detach().clone().requires_grad_() for p in obedient]
     optimizer = RebelAdamW(
@@ -535,7 +587,7 @@ def test_per_group_rebel_frac():
         lr=LR,
         seed=0,
     )
-    adamw = torch.optim.AdamW(reference, lr=LR, foreach=True)
+    adamw = torch.optim.AdamW(reference, lr=LR, **{core: True})
     for step in range(5):
         grads = make_grads(obedient, seed=step)
         obedient[0].grad, reference[0].grad = grads[0].clone(), grads[0].clone()
