@@ -605,7 +605,7 @@ def _step_flipping_updates(
     (the foreach core does, torch's fused kernel does not).
     """
     if isinstance(plan, _DensePlan):
-        before = [param.clone() for param in params]
+        before = torch._foreach_mul(params, 1.0)  # copies, in one call
         adamw_step()
         # lerp(theta_adamw, theta_old, 1 - m) = theta_old + m * (theta_adamw - theta_old)
         weights = [1.0 - multiplier for multiplier in plan.multipliers]
@@ -758,18 +758,15 @@ def _use_fused(fused: bool | None, device: torch.device) -> bool:
 
 
 def _layouts_match(params: list[Tensor], *tensor_lists: list[Tensor]) -> bool:
-    """Whether every parameter shares its strides with its gradient and moments.
+    """Whether every parameter has the strides of its gradient and moments.
 
     torch's fused CPU kernel walks the four tensors as if they had one memory layout; when their
     strides differ (a transposed parameter with a contiguous gradient, say) its result is
     silently wrong (torch 2.14). Buckets where they differ take the foreach sequence, which is
     correct for any layout.
     """
-    return all(
-        all(tensor.stride() == param.stride() for tensor in tensors)
-        for param, *tensors in zip(params, *tensor_lists, strict=True)
-        if not (param.is_contiguous() and all(tensor.is_contiguous() for tensor in tensors))
-    )
+    strides = [param.stride() for param in params]
+    return all([tensor.stride() for tensor in tensors] == strides for tensors in tensor_lists)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1089,7 +1086,10 @@ class RebelAdamW(Optimizer):
     ) -> None:
         """Step the parameters of one group that share a device and a dtype."""
         beta1, beta2 = group["betas"]
-        fused = _use_fused(group["fused"], params[0].device)
+        fused = _use_fused(group["fused"], params[0].device) and _layouts_match(
+            params, grads, exp_avgs, exp_avg_sqs
+        )
+        checked_grads = grads
         hyper = dict(
             lr=group["lr"],
             beta1=beta1,
@@ -1102,7 +1102,7 @@ class RebelAdamW(Optimizer):
             step_grads: list[Tensor],
             before_update: Callable[[list[Tensor]], None] | None = None,
         ) -> None:
-            if fused and _layouts_match(params, step_grads, exp_avgs, exp_avg_sqs):
+            if fused and (step_grads is checked_grads or _layouts_match(params, step_grads)):
                 _adamw_fused(params, step_grads, exp_avgs, exp_avg_sqs, steps, **hyper)
             else:
                 _adamw_foreach(
@@ -1129,7 +1129,7 @@ class RebelAdamW(Optimizer):
                 functools.partial(adamw_step, grads),
                 self._workspace,
                 decay=group["lr"] * group["weight_decay"],
-                fold=not (fused and _layouts_match(params, grads, exp_avgs, exp_avg_sqs)),
+                fold=not fused,
             )
         else:
             _step_flipping_grads(
