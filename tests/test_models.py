@@ -37,8 +37,8 @@ def test_mnist_cnn_has_the_pytorch_examples_layers():
         "Conv2d",
         "ReLU",
         "Conv2d",
+        "MaxPool2d",  # before its ReLU: the same function, see test_pool_before_relu_...
         "ReLU",
-        "MaxPool2d",
         "Dropout",
         "Flatten",
         "Linear",
@@ -46,6 +46,44 @@ def test_mnist_cnn_has_the_pytorch_examples_layers():
         "Dropout",
         "Linear",
     ]
+
+
+def _relu_then_pool(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every (MaxPool2d, ReLU) pair back in the usual ReLU-pool order."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Sequential):
+            layers = list(module)
+            for i in range(len(layers) - 1):
+                if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(
+                    layers[i + 1], torch.nn.ReLU
+                ):
+                    module[i], module[i + 1] = layers[i + 1], layers[i]
+    return model
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_pool_before_relu_is_relu_then_pool_bit_for_bit(name, channels_last):
+    torch.manual_seed(0)
+    ours = build_model(name)
+    usual = _relu_then_pool(build_model(name))
+    usual.load_state_dict(ours.state_dict())  # same keys: the layers keep their indices
+    assert [type(m) for m in usual.modules()] != [type(m) for m in ours.modules()]
+    shape = dict((n, s) for n, *_, s in PARAMETER_COUNTS)[name]
+    x = torch.randn(16, *shape, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(16) % 10
+    if channels_last:
+        ours, usual = (m.to(memory_format=torch.channels_last) for m in (ours, usual))
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for model in (ours, usual):
+        torch.manual_seed(2)  # the same dropout masks
+        logits = model(x)
+        F.cross_entropy(logits, y).backward()
+        results.append((logits, [p.grad for p in model.parameters()]))
+    (logits, grads), (usual_logits, usual_grads) = results
+    assert torch.equal(logits, usual_logits)
+    assert all(torch.equal(a, b) for a, b in zip(grads, usual_grads, strict=True))
 
 
 def test_registry_names_are_the_class_names():
