@@ -10,8 +10,10 @@ The sign and zero perturbations are two-point laws: all but a fraction ``rebel_f
 elements keep ``m = 1``. For them the optimizer never draws a random number per element: the
 positions of the rebels in a flattened group form a Bernoulli process, whose gaps are drawn as
 geometric variates (see :func:`rebel_positions`), and only those positions are touched around
-an ordinary foreach AdamW step. A step therefore costs AdamW plus work proportional to the
-number of rebels; ``benchmarks/bench_optimizer.py`` measures how much (RESULTS-optimizer.md).
+an ordinary AdamW step: torch's fused kernel on the CPU (``fused=None``, the default), or the
+foreach sequence (``fused=False``; bit for bit ``AdamW(foreach=True)``). A step therefore
+costs AdamW plus work proportional to the number of rebels; ``benchmarks/bench_optimizer.py``
+measures how much (RESULTS-optimizer.md).
 
 Example::
 
@@ -795,7 +797,9 @@ class RebelAdamW(Optimizer):
 
     ``theta + delta`` is exactly torch.optim.AdamW's step (decoupled weight decay
     ``theta *= 1 - lr * weight_decay``, bias-corrected moments, no amsgrad), and with ``m = 1``
-    everywhere (rebel_frac = 0) the optimizer reproduces ``AdamW(foreach=True)`` bit for bit.
+    everywhere (rebel_frac = 0) the optimizer reproduces torch's AdamW bit for bit: its fused
+    kernel (``AdamW(fused=True)``) with the default ``fused=None`` on the CPU, and
+    ``AdamW(foreach=True)`` with ``fused=False`` or off the CPU.
     The noise variance written with the number of earlier steps s = t - 1 is
     eta / (1 + s)^kappa (Neelakantan et al. 2015, arXiv:1511.06807): s = 0 on the first step.
 
@@ -837,16 +841,20 @@ class RebelAdamW(Optimizer):
 
     Speed: for the two-point laws ("sign", "zero") no random number is drawn per element. The
     rebels' flat positions across all parameters of a group on one device are a Bernoulli
-    process, drawn from geometric gaps (for p > 0.5 the non-rebels instead), so a step costs a
-    foreach AdamW step plus O(number of rebels). For "sign" with flip="update" the flip is
-    folded into the step: before it each rebel is multiplied by (1 + lr * weight_decay) /
-    (1 - lr * weight_decay), and inside it the rebel's denominator sqrt(v_hat) + eps is negated;
-    the rebel then lands on theta_old - delta up to rounding. For "zero" the rebels are read
-    before the step and written back after it. "gaussian" and "scale" multiply every element.
-    Measured cost (benchmarks/RESULTS-optimizer.md): at rebel_frac=0.05 a step takes about 1.4
-    to 1.65 foreach AdamW steps on a 2-core CPU, not the 1.15 aimed at. Per rebel, the 64-bit
-    draw, the float64 log and the cumulative sum of the sampler, and two read-modify-writes at
-    scattered addresses, cost as much as a whole AdamW step on 8 to 10 elements.
+    process, drawn from geometric gaps (for p > 0.5 the non-rebels instead), so a step costs an
+    AdamW step plus O(number of rebels). The AdamW step itself is torch's fused CPU kernel by
+    default (one pass over memory, about 3x faster than the foreach sequence); around it the
+    rebels are read before and after the step and set to theta_old + m * (theta_adamw -
+    theta_old). With the foreach core (``fused=False``) the sign flip is instead folded into the
+    step: each rebel is first multiplied by (1 + lr * weight_decay) / (1 - lr * weight_decay)
+    and its denominator sqrt(v_hat) + eps is negated inside the step. Either way a rebel lands
+    on theta_old - delta up to rounding. "gaussian" and "scale" multiply every element.
+    torch's fused kernel assumes that a parameter, its gradient and its moments share strides;
+    buckets where they do not (a transposed parameter with a contiguous gradient) take the
+    foreach sequence, because the kernel's result would be silently wrong there (torch 2.14).
+    Measured cost (benchmarks/RESULTS-optimizer.md, 2-core CPU): at rebel_frac=0.05 a step
+    takes 0.84 to 1.09 ``AdamW(foreach=True)`` steps, or 2.8 to 3.2 ``AdamW(fused=True)``
+    steps; with ``fused=False``, 1.6 to 1.7 foreach steps.
 
     Args:
         params (iterable): parameters or dicts defining parameter groups. Every keyword below is
@@ -866,6 +874,9 @@ class RebelAdamW(Optimizer):
         grad_noise_decay (float, optional): kappa, decay exponent of that variance (default: 0.55)
         seed (int, optional): seed of the optimizer's generators; None derives it from
             ``torch.initial_seed()`` without drawing from the global RNG (default: None)
+        fused (bool, optional): the AdamW core. None: torch's fused kernel for CPU tensors, the
+            foreach sequence elsewhere; True: the fused kernel (CPU tensors only, else
+            ValueError); False: the foreach sequence (default: None)
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
