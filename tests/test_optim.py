@@ -552,20 +552,29 @@ def test_parameters_of_any_shape_and_layout(flip):
         assert p.shape == optimizer.state[p]["exp_avg"].shape
 
 
-def test_mismatched_layouts_step_correctly_with_either_core():
+@pytest.mark.parametrize("layout", ["transposed", "channels_last"])
+@pytest.mark.parametrize("grad_layout", ["contiguous", "same"])
+def test_any_layouts_step_correctly_with_the_fused_core(layout, grad_layout):
     # torch's fused CPU kernel is silently wrong when a parameter and its gradient have
     # different strides (torch 2.14); RebelAdamW must notice and take the foreach sequence.
-    transposed = make_params((40, 30))[0].detach().t().requires_grad_()
-    reference = transposed.detach().clone().requires_grad_()
+    if layout == "transposed":
+        param = make_params((40, 30))[0].detach().t()
+    else:
+        param = make_params((8, 3, 5, 5))[0].detach().to(memory_format=torch.channels_last)
+    param.requires_grad_()
+    reference = param.detach().clone(memory_format=torch.preserve_format).requires_grad_()
     grad = make_grads([reference], seed=2)[0].contiguous()
-    assert transposed.stride() != grad.stride()
-    rebel = RebelAdamW([transposed], lr=LR, weight_decay=WD, fused=True)
+    if grad_layout == "same":
+        grad = torch.empty_like(param).copy_(grad)
+    assert (param.stride() == grad.stride()) == (grad_layout == "same")
+    rebel = RebelAdamW([param], lr=LR, weight_decay=WD, fused=True)
     adamw = torch.optim.AdamW([reference], lr=LR, weight_decay=WD, foreach=False)
     for _ in range(3):
-        transposed.grad, reference.grad = grad.clone(), grad.clone()
+        param.grad = grad.clone(memory_format=torch.preserve_format)
+        reference.grad = grad.clone(memory_format=torch.preserve_format)
         rebel.step()
         adamw.step()
-    assert _close_1e12(transposed.detach(), reference.detach())
+    assert _close_1e12(param.detach(), reference.detach())
 
 
 def test_fused_true_refuses_non_cpu_parameters():
