@@ -195,22 +195,35 @@ def rerun(chapter: str, name: str, papermill_args: list[str]) -> int:
     return result.returncode
 
 
+def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Our own arguments, and papermill's: everything after the first ``--``."""
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m rebel.book", description=__doc__.split("\n")[0]
+        prog="python -m rebel.book",
+        description=__doc__.split("\n")[0],
+        epilog="papermill's options go after --, e.g. run v2_tinycnn -- -p epochs 30",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     build_parser = commands.add_parser("build", help="execute every chapter, render the HTML")
     build_parser.add_argument("--profile", default="full", help="full, quick or smoke")
-    run_parser = commands.add_parser("run", help="rerun one chapter with new parameters")
+    run_parser = commands.add_parser(
+        "run", help="rerun one chapter with new parameters: run CHAPTER [--name N] -- -p ..."
+    )
     run_parser.add_argument("chapter", help="e.g. v2_tinycnn")
     run_parser.add_argument("--name", default="", help="name of the rerun (default: a time)")
-    run_parser.add_argument("papermill_args", nargs=argparse.REMAINDER, help="-p NAME VALUE ...")
-    args = parser.parse_args(argv)
+    ours, papermill_args = split_arguments(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(ours)
     if args.command == "build":
+        if papermill_args:
+            parser.error(f"build takes no papermill arguments, got {papermill_args}")
         return build(args.profile)
-    extra = [a for a in args.papermill_args if a != "--"]
-    return rerun(args.chapter, args.name, extra)
+    return rerun(args.chapter, args.name, papermill_args)
 
 
 if __name__ == "__main__":

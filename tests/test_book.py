@@ -113,6 +113,37 @@ def test_the_book_builds_with_warnings_as_errors_and_shows_figures(smoke_book):
     assert "Verdict" in (html / "executed" / "tldr.html").read_text()
 
 
+def test_run_command_passes_only_what_follows_the_dashes_to_papermill():
+    assert book.split_arguments(["run", "v2_tinycnn", "--name", "", "--"]) == (
+        ["run", "v2_tinycnn", "--name", ""],
+        [],
+    )
+    assert book.split_arguments(["run", "v2_tinycnn", "--", "-p", "epochs", "3", "--"]) == (
+        ["run", "v2_tinycnn"],
+        ["-p", "epochs", "3", "--"],
+    )
+    with pytest.raises(SystemExit):
+        book.main(["run", "v2_tinycnn", "-p", "epochs", "3"])  # papermill's options need --
+
+
+def test_make_run_reruns_a_chapter_with_new_parameters(tmp_path):
+    # What `make run CHAPTER=... NAME=... PARAMS=...` executes, on synthetic data.
+    name = f"test-{tmp_path.name}"
+    command = [sys.executable, "-m", "rebel.book", "run", "v1_random_mask", "--name", name]
+    command += ["--", "-p", "dataset", "synthetic-mnist", "-p", "results_dir", str(tmp_path)]
+    command += ["-p", "epochs", "1", "-y", "rebel_fracs: [0.0, 0.2]", "-y", "seeds: [0]"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    executed = ROOT / "executed" / "reruns" / f"v1_random_mask-{name}.ipynb"
+    try:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert executed.is_file()
+        frame = read_run(tmp_path / "v1_random_mask.parquet")
+        assert sorted(frame["rebel_frac"].unique()) == [0.0, 0.2]
+        assert set(frame["epoch"]) == {1} and set(frame["seed"]) == {0}
+    finally:
+        executed.unlink(missing_ok=True)
+
+
 def test_papermill_rerun_with_changed_parameters_changes_the_chapter_parquet(smoke_book):
     results = smoke_book / "results"
     before = read_run(results / "v1_random_mask.parquet")
