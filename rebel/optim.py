@@ -764,8 +764,9 @@ def _layouts_match(params: list[Tensor], *tensor_lists: list[Tensor]) -> bool:
 
     torch's fused CPU kernel walks the four tensors as if they had one memory layout; when their
     strides differ (a transposed parameter with a contiguous gradient, say) its result is
-    silently wrong (torch 2.14). Buckets where they differ take the foreach sequence, which is
-    correct for any layout.
+    silently wrong (torch 2.14; pytorch/pytorch#106951 reports such mismatches, which autograd
+    can produce, making fused Adam raise on CUDA). Buckets where they differ take the foreach
+    sequence, which is correct for any layout.
     """
     strides = [param.stride() for param in params]
     return all([tensor.stride() for tensor in tensors] == strides for tensors in tensor_lists)
