@@ -61,10 +61,11 @@ def _inline_models() -> dict[str, Callable[[], nn.Module]]:
 
 def _models() -> tuple[dict[str, Callable[[], nn.Module]], str]:
     try:
-        from rebel.models import Cifar10CNN, MnistCNN, TinyCNN
+        from rebel.models import Cifar10CNN, Mnist1DNet, MnistCNN, TinyCNN
     except ImportError:
         return _inline_models(), "inline torch.nn copies of the shapes"
-    return {"mnist": MnistCNN, "cifar": Cifar10CNN, "tiny": TinyCNN}, "rebel.models"
+    models = {"mnist": MnistCNN, "cifar": Cifar10CNN, "tiny": TinyCNN, "mnist1d": Mnist1DNet}
+    return models, "rebel.models"
 
 
 # (label, optimizer class, constructor keyword arguments); the first row is the baseline.
@@ -175,7 +176,7 @@ def _cpu_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["mnist", "cifar", "tiny"])
+    parser.add_argument("--models", nargs="+", default=["mnist", "cifar", "tiny", "mnist1d"])
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds (default: 30)")
     parser.add_argument("--reps", type=int, default=10, help="steps per round (default: 10)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps (default: 10)")
