@@ -853,9 +853,10 @@ class RebelAdamW(Optimizer):
     torch's fused kernel assumes that a parameter, its gradient and its moments share strides;
     buckets where they do not (a transposed parameter with a contiguous gradient) take the
     foreach sequence, because the kernel's result would be silently wrong there (torch 2.14).
-    Measured cost (benchmarks/RESULTS-optimizer.md, 2-core CPU): at rebel_frac=0.05 a step
-    takes 0.84 to 1.09 ``AdamW(foreach=True)`` steps, or 2.8 to 3.2 ``AdamW(fused=True)``
-    steps; with ``fused=False``, 1.6 to 1.7 foreach steps.
+    Measured cost (benchmarks/RESULTS-optimizer.md, one thread of a 2-core CPU): at
+    rebel_frac=0.05 a step takes 0.71 to 1.11 ``AdamW(foreach=True)`` steps on the book's
+    models, or 2.4 to 3.5 ``AdamW(fused=True)`` steps; with ``fused=False``, 1.4 to 1.7
+    foreach steps.
 
     Args:
         params (iterable): parameters or dicts defining parameter groups. Every keyword below is
