@@ -131,6 +131,34 @@ def _row(claim_id, chapter, evidence, verdict, diff=None, unit="pts", scale=100.
     }
 
 
+def _loss_row(
+    claim_id: str, chapter: str, what: str, diff: dict, margin: float, margin_text: str
+) -> dict:
+    """A claim that a loss did not change: equivalence of ``diff`` (nats) within ``margin``."""
+    return _row(
+        claim_id,
+        chapter,
+        f"{what}: " + _fmt(diff, scale=1.0, unit=" nats") + f"; margin ±{margin_text}",
+        analysis.verdict_equivalence(diff, margin),
+        diff,
+        unit="nats",
+        scale=1.0,
+    )
+
+
+def _slower_row(claim_id: str, chapter: str, what: str, diff: dict, note: str) -> dict:
+    """A claim that rebels need more epochs to a threshold: ``diff`` greater than zero."""
+    return _row(
+        claim_id,
+        chapter,
+        f"{what}: " + _fmt(diff, scale=1.0, unit=" epochs") + note,
+        analysis.verdict_difference(diff, "greater"),
+        diff,
+        unit="epochs",
+        scale=1.0,
+    )
+
+
 def _fmt(diff: dict, scale=100.0, unit=" pts") -> str:
     if diff["n"] >= 2 and np.isfinite(diff["ci_low"]):
         return (
@@ -199,16 +227,13 @@ def check_v1(frame: pd.DataFrame) -> list[dict]:
     loss_diff = paired(top_loss, base_loss)
     margin = 0.1 * float(base_loss.mean())
     rows.append(
-        _row(
+        _loss_row(
             "v1-no-slowdown",
             chapter,
-            f"training loss averaged over epochs, p = {top:.0%} minus p = 0: "
-            + _fmt(loss_diff, scale=1.0, unit=" nats")
-            + f"; margin ±{margin:.3f} nats (10 % of the baseline's)",
-            analysis.verdict_equivalence(loss_diff, margin),
+            f"training loss averaged over epochs, p = {top:.0%} minus p = 0",
             loss_diff,
-            unit="nats",
-            scale=1.0,
+            margin,
+            f"{margin:.3f} nats (10 % of the baseline's)",
         )
     )
     return rows
@@ -312,16 +337,12 @@ def check_v2(frame: pd.DataFrame, thresholds: list[float]) -> list[dict]:
         middle = sorted(thresholds)[len(thresholds) // 2]
         slower, note = _epochs_diff(frame, middle, 0.2)
         rows.append(
-            _row(
+            _slower_row(
                 "v2-20-slightly-slower",
                 chapter,
-                f"epochs to {middle:.1%} test accuracy, p = 20 % minus p = 0: "
-                + _fmt(slower, scale=1.0, unit=" epochs")
-                + note,
-                analysis.verdict_difference(slower, "greater"),
+                f"epochs to {middle:.1%} test accuracy, p = 20 % minus p = 0",
                 slower,
-                unit="epochs",
-                scale=1.0,
+                note,
             )
         )
     train_gap = paired(
@@ -452,16 +473,12 @@ def check_v4(frame: pd.DataFrame, thresholds: list[float]) -> list[dict]:
     seventy = sorted(thresholds)[-2] if len(thresholds) > 1 else thresholds[0]
     slower, note = _epochs_diff(frame, seventy, top)
     rows.append(
-        _row(
+        _slower_row(
             "v4-5-slower-to-70",
             chapter,
-            f"epochs to {seventy:.0%} test accuracy, p = {top:.0%} minus p = 0: "
-            + _fmt(slower, scale=1.0, unit=" epochs")
-            + note,
-            analysis.verdict_difference(slower, "greater"),
+            f"epochs to {seventy:.0%} test accuracy, p = {top:.0%} minus p = 0",
             slower,
-            unit="epochs",
-            scale=1.0,
+            note,
         )
     )
     highest = max(thresholds)
@@ -495,16 +512,13 @@ def check_v4(frame: pd.DataFrame, thresholds: list[float]) -> list[dict]:
         per_seed(frame, final("test_loss"), rebel_frac=0.0),
     )
     rows.append(
-        _row(
+        _loss_row(
             "v4-test-loss-similar",
             chapter,
-            f"final test loss, p = {top:.0%} minus p = 0: "
-            + _fmt(loss, scale=1.0, unit=" nats")
-            + f"; margin ±{LOSS_MARGIN} nats",
-            analysis.verdict_equivalence(loss, LOSS_MARGIN),
+            f"final test loss, p = {top:.0%} minus p = 0",
             loss,
-            unit="nats",
-            scale=1.0,
+            LOSS_MARGIN,
+            f"{LOSS_MARGIN} nats",
         )
     )
     return rows
